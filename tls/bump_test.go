@@ -1,0 +1,411 @@
+package tls
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// bumpLab is a gateway CA, a lab "public" root the gateway trusts for
+// upstream verification, and a Bumper wired to both.
+type bumpLab struct {
+	ca      *CA
+	forger  *Forger
+	bumper  *Bumper
+	root    *x509.Certificate
+	rootKey crypto.Signer
+}
+
+func newBumpLab(t *testing.T) *bumpLab {
+	t.Helper()
+	ca, _ := mustInitCA(t)
+	forger := mustForger(t, ca, 16)
+	root, rootKey := mustRoot(t, "lab public root")
+	return &bumpLab{
+		ca:     ca,
+		forger: forger,
+		bumper: NewBumper(BumpConfig{
+			Forger:           forger,
+			Roots:            poolOf(root),
+			HandshakeTimeout: 5 * time.Second,
+		}),
+		root:    root,
+		rootKey: rootKey,
+	}
+}
+
+// startEchoServer serves TLS on loopback with cert, echoing everything and
+// half-closing when the client does. The SNI of each handshake is sent on
+// the returned channel.
+func startEchoServer(t *testing.T, cert tls.Certificate) (string, <-chan string) {
+	t.Helper()
+	sni := make(chan string, 4)
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		NextProtos:   []string{"h2", "http/1.1"},
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			sni <- hello.ServerName
+			return nil, nil
+		},
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go echo(conn.(*tls.Conn))
+		}
+	}()
+	return ln.Addr().String(), sni
+}
+
+func echo(conn *tls.Conn) {
+	defer conn.Close()
+	if _, err := io.Copy(conn, conn); err != nil {
+		return
+	}
+	conn.CloseWrite()
+}
+
+type bumpOutcome struct {
+	res BumpResult
+	err error
+}
+
+// startBump listens on loopback for one client, dials upstreamAddr and runs
+// Bump on the pair. It returns the address for the client to dial.
+func startBump(
+	t *testing.T, ctx context.Context, lab *bumpLab, upstreamAddr, serverName string, alpn []string,
+) (string, <-chan bumpOutcome) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	out := make(chan bumpOutcome, 1)
+	go func() {
+		client, err := ln.Accept()
+		if err != nil {
+			out <- bumpOutcome{err: err}
+			return
+		}
+		upstream, err := net.Dial("tcp", upstreamAddr)
+		if err != nil {
+			client.Close()
+			out <- bumpOutcome{err: err}
+			return
+		}
+		res, err := lab.bumper.Bump(ctx, client, upstream, serverName, alpn)
+		out <- bumpOutcome{res, err}
+	}()
+	return ln.Addr().String(), out
+}
+
+func waitBump(t *testing.T, out <-chan bumpOutcome) bumpOutcome {
+	t.Helper()
+	select {
+	case o := <-out:
+		return o
+	case <-time.After(10 * time.Second):
+		t.Fatal("Bump did not return")
+		return bumpOutcome{}
+	}
+}
+
+// clientConfig trusts only the gateway CA and records whether the client
+// was ever shown a certificate.
+func clientConfig(lab *bumpLab, serverName string, alpn []string, sawCert *bool) *tls.Config {
+	return &tls.Config{
+		RootCAs:    poolOf(lab.ca.Cert),
+		ServerName: serverName,
+		NextProtos: alpn,
+		VerifyPeerCertificate: func([][]byte, [][]*x509.Certificate) error {
+			*sawCert = true
+			return nil
+		},
+	}
+}
+
+func dialClient(addr string, cfg *tls.Config) (*tls.Conn, error) {
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}
+	conn, err := d.DialContext(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return conn.(*tls.Conn), nil
+}
+
+// exchange sends data, half-closes, and reads the echo until end of stream.
+func exchange(t *testing.T, conn *tls.Conn, data []byte) []byte {
+	t.Helper()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	writeErr := make(chan error, 1)
+	go func() {
+		_, err := conn.Write(data)
+		if err == nil {
+			err = conn.CloseWrite()
+		}
+		writeErr <- err
+	}()
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if err := <-writeErr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	return got
+}
+
+func TestBumpRelaysThroughForgedCertificate(t *testing.T) {
+	tests := []struct {
+		name, want string
+		alpn       []string
+	}{
+		{"h2 preferred", "h2", []string{"h2", "http/1.1"}},
+		{"http1 only", "http/1.1", []string{"http/1.1"}},
+		{"no alpn", "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lab := newBumpLab(t)
+			upAddr, sni := startEchoServer(t, mustServerCert(t, lab.root, lab.rootKey, "up.test"))
+			addr, out := startBump(t, context.Background(), lab, upAddr, "up.test", tt.alpn)
+
+			var sawCert bool
+			conn, err := dialClient(addr, clientConfig(lab, "up.test", tt.alpn, &sawCert))
+			if err != nil {
+				t.Fatalf("client handshake: %v", err)
+			}
+			defer conn.Close()
+			state := conn.ConnectionState()
+			issuer := state.PeerCertificates[0].Issuer.String()
+			if issuer != lab.ca.Cert.Subject.String() {
+				t.Errorf("peer certificate issuer %q, want the gateway CA", issuer)
+			}
+			if state.NegotiatedProtocol != tt.want {
+				t.Errorf("client ALPN %q, want %q", state.NegotiatedProtocol, tt.want)
+			}
+			if got := <-sni; got != "up.test" {
+				t.Errorf("upstream saw SNI %q", got)
+			}
+
+			data := make([]byte, 200_000)
+			rand.Read(data)
+			if got := exchange(t, conn, data); !bytes.Equal(got, data) {
+				t.Fatalf("echo returned %d bytes, want the %d sent", len(got), len(data))
+			}
+
+			o := waitBump(t, out)
+			if o.err != nil {
+				t.Fatalf("Bump: %v", o.err)
+			}
+			n := int64(len(data))
+			want := BumpResult{BytesUp: n, BytesDown: n, ALPN: tt.want, Forged: true}
+			if o.res != want {
+				t.Errorf("result %+v, want %+v", o.res, want)
+			}
+		})
+	}
+}
+
+func TestBumpRefusesUnverifiedUpstream(t *testing.T) {
+	lab := newBumpLab(t)
+	otherRoot, otherKey := mustRoot(t, "untrusted root")
+	tests := []struct {
+		name string
+		cert tls.Certificate
+	}{
+		{"untrusted root", mustServerCert(t, otherRoot, otherKey, "up.test")},
+		{"name mismatch", mustServerCert(t, lab.root, lab.rootKey, "other.test")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			upAddr, _ := startEchoServer(t, tt.cert)
+			addr, out := startBump(t, context.Background(), lab, upAddr, "up.test", nil)
+
+			var sawCert bool
+			conn, err := dialClient(addr, clientConfig(lab, "up.test", nil, &sawCert))
+			if err == nil {
+				conn.Close()
+				t.Fatal("client handshake succeeded")
+			}
+			assertRemoteAlert(t, err)
+			if sawCert {
+				t.Error("client was shown a certificate")
+			}
+
+			o := waitBump(t, out)
+			t.Logf("Bump error: %v", o.err)
+			if !errors.Is(o.err, ErrUpstreamVerify) {
+				t.Fatalf("Bump error %v, want ErrUpstreamVerify", o.err)
+			}
+			for _, want := range []string{`"up.test"`, upAddr} {
+				if !strings.Contains(o.err.Error(), want) {
+					t.Errorf("error %q does not name %s", o.err, want)
+				}
+			}
+			if o.res.Forged || lab.forger.Stats().Forged != 0 {
+				t.Errorf("a certificate was forged: result %+v, stats %+v",
+					o.res, lab.forger.Stats())
+			}
+		})
+	}
+}
+
+func TestBumpUpstreamNotTLS(t *testing.T) {
+	lab := newBumpLab(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err == nil {
+			conn.Write([]byte("SSH-2.0-not-tls\r\n"))
+			conn.Close()
+		}
+	}()
+	addr, out := startBump(t, context.Background(), lab, ln.Addr().String(), "up.test", nil)
+
+	var sawCert bool
+	_, err = dialClient(addr, clientConfig(lab, "up.test", nil, &sawCert))
+	assertRemoteAlert(t, err)
+
+	o := waitBump(t, out)
+	t.Logf("Bump error: %v", o.err)
+	if o.err == nil || errors.Is(o.err, ErrUpstreamVerify) ||
+		!strings.Contains(o.err.Error(), "upstream handshake") {
+		t.Errorf("Bump error %v, want an upstream handshake failure", o.err)
+	}
+	if sawCert || lab.forger.Stats().Forged != 0 {
+		t.Error("a certificate was forged or shown")
+	}
+}
+
+func TestBumpWithoutSNI(t *testing.T) {
+	lab := newBumpLab(t)
+	upAddr, sni := startEchoServer(t, mustServerCert(t, lab.root, lab.rootKey, "127.0.0.1"))
+	addr, out := startBump(t, context.Background(), lab, upAddr, "", nil)
+
+	// An IP literal as ServerName makes crypto/tls send no SNI and verify
+	// the IP SAN, as a client dialling an address would.
+	var sawCert bool
+	conn, err := dialClient(addr, clientConfig(lab, "127.0.0.1", nil, &sawCert))
+	if err != nil {
+		t.Fatalf("client handshake: %v", err)
+	}
+	defer conn.Close()
+	if got := <-sni; got != "" {
+		t.Errorf("upstream saw SNI %q, want none", got)
+	}
+	leaf := conn.ConnectionState().PeerCertificates[0]
+	if len(leaf.IPAddresses) != 1 || !leaf.IPAddresses[0].Equal(net.IPv4(127, 0, 0, 1)) ||
+		len(leaf.DNSNames) != 0 {
+		t.Errorf("forged SANs: IP %v, DNS %v", leaf.IPAddresses, leaf.DNSNames)
+	}
+	if got := exchange(t, conn, []byte("ping")); string(got) != "ping" {
+		t.Errorf("echo %q", got)
+	}
+	if o := waitBump(t, out); o.err != nil || o.res.BytesUp != 4 || o.res.BytesDown != 4 {
+		t.Errorf("Bump result %+v, error %v", o.res, o.err)
+	}
+}
+
+func TestBumpWithoutSNIRejectsNameOnlyUpstream(t *testing.T) {
+	lab := newBumpLab(t)
+	upAddr, _ := startEchoServer(t, mustServerCert(t, lab.root, lab.rootKey, "up.test"))
+	addr, out := startBump(t, context.Background(), lab, upAddr, "", nil)
+
+	var sawCert bool
+	_, err := dialClient(addr, clientConfig(lab, "127.0.0.1", nil, &sawCert))
+	assertRemoteAlert(t, err)
+	o := waitBump(t, out)
+	if !errors.Is(o.err, ErrUpstreamVerify) || !strings.Contains(o.err.Error(), "(no sni)") {
+		t.Errorf("Bump error %v, want ErrUpstreamVerify for (no sni)", o.err)
+	}
+	if sawCert || lab.forger.Stats().Forged != 0 {
+		t.Error("a certificate was forged or shown")
+	}
+}
+
+func TestBumpContextCancelEndsRelay(t *testing.T) {
+	lab := newBumpLab(t)
+	upAddr, _ := startEchoServer(t, mustServerCert(t, lab.root, lab.rootKey, "up.test"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr, out := startBump(t, ctx, lab, upAddr, "up.test", nil)
+
+	var sawCert bool
+	conn, err := dialClient(addr, clientConfig(lab, "up.test", nil, &sawCert))
+	if err != nil {
+		t.Fatalf("client handshake: %v", err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+
+	cancel()
+	o := waitBump(t, out)
+	if !errors.Is(o.err, context.Canceled) {
+		t.Errorf("Bump error %v, want context.Canceled", o.err)
+	}
+	if o.res.BytesUp != 5 || o.res.BytesDown != 5 || !o.res.Forged {
+		t.Errorf("result %+v, want 5 bytes each way", o.res)
+	}
+	if _, err := conn.Read(buf); err == nil {
+		t.Error("client connection still open after cancel")
+	}
+}
+
+// assertRemoteAlert checks that a client handshake failed because the peer
+// sent a TLS alert, not because of a timeout or a reset.
+func assertRemoteAlert(t *testing.T, err error) {
+	t.Helper()
+	var opErr *net.OpError
+	if !errors.As(err, &opErr) || opErr.Op != "remote error" {
+		t.Errorf("client error %v, want a TLS alert from the gateway", err)
+	}
+}
+
+func TestBumpRejectsMalformedSNI(t *testing.T) {
+	lab := newBumpLab(t)
+	upAddr, sni := startEchoServer(t, mustServerCert(t, lab.root, lab.rootKey, "up.test"))
+	addr, out := startBump(t, context.Background(), lab, upAddr, "up test", nil)
+
+	var sawCert bool
+	_, err := dialClient(addr, clientConfig(lab, "up.test", nil, &sawCert))
+	assertRemoteAlert(t, err)
+	o := waitBump(t, out)
+	if o.err == nil || !strings.Contains(o.err.Error(), `server name "up test"`) {
+		t.Errorf("Bump error %v, want one naming the malformed server name", o.err)
+	}
+	select {
+	case got := <-sni:
+		t.Errorf("upstream handshake attempted with SNI %q", got)
+	default:
+	}
+}
