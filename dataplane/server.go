@@ -1,0 +1,396 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// BumpFunc terminates TLS on client with a forged certificate and relays to
+// upstream, closing both before it returns. client replays the ClientHello
+// first. serverName is empty when the client sent none; alpn is what the
+// client offered. It reports the plaintext bytes moved each way.
+type BumpFunc func(ctx context.Context, client, upstream net.Conn, serverName string,
+	alpn []string) (up, down int64, err error)
+
+// Config is what a Server needs. Zero durations take the defaults below.
+type Config struct {
+	Policy *Policy
+	// Bump handles ActionBump. Without it, bumped connections are blocked
+	// with a reason saying so.
+	Bump BumpFunc
+	// HelloTimeout bounds the wait for a whole ClientHello.
+	HelloTimeout time.Duration
+	// MaxHello bounds the bytes read while waiting for it.
+	MaxHello int
+	// DialTimeout bounds connecting to the original destination.
+	DialTimeout time.Duration
+	Logger      *zap.Logger
+}
+
+const (
+	DefaultHelloTimeout = 10 * time.Second
+	DefaultDialTimeout  = 10 * time.Second
+)
+
+// Server accepts steered connections and applies the policy to each. It is
+// safe for concurrent use; Serve may be called once per listener.
+type Server struct {
+	cfg Config
+	log *zap.Logger
+	// isLocal reports whether an address is the gateway's own.
+	isLocal func(netip.Addr) bool
+	dialer  net.Dialer
+	stats   Stats
+
+	mu        sync.Mutex
+	listeners map[*net.TCPListener]struct{}
+	conns     map[net.Conn]struct{}
+	wg        sync.WaitGroup
+	closing   atomic.Bool
+	ctx       context.Context
+	cancel    context.CancelFunc
+}
+
+// NewServer returns a Server for cfg.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Policy == nil {
+		return nil, errors.New("dataplane config has no policy")
+	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = DefaultHelloTimeout
+	}
+	if cfg.MaxHello <= 0 {
+		cfg.MaxHello = DefaultMaxHello
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		isLocal:   newLocalAddrs().contains,
+		dialer:    net.Dialer{Timeout: cfg.DialTimeout},
+		listeners: map[*net.TCPListener]struct{}{},
+		conns:     map[net.Conn]struct{}{},
+		ctx:       ctx,
+		cancel:    cancel,
+	}, nil
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() *Stats { return &s.stats }
+
+// Serve accepts connections on l until Shutdown. It returns nil after
+// Shutdown and the accept error otherwise.
+func (s *Server) Serve(l *net.TCPListener) error {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if s.closing.Load() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			// Out of descriptors and similar: back off instead of
+			// spinning, the condition may pass.
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("accept on %s: %w", l.Addr(), err)
+			}
+			s.log.Warn("accept", zap.Stringer("listen", l.Addr()), zap.Error(err))
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if !s.track(c) {
+			c.Close()
+			return nil
+		}
+		go s.handle(c)
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Active returns the number of connections being handled.
+func (s *Server) Active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Shutdown stops accepting at once, then waits for established connections
+// to end until ctx is done, and then closes those that remain.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.cancel()
+	s.mu.Lock()
+	n := len(s.conns)
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	<-done
+	return fmt.Errorf("closed %d connections still open after the drain time", n)
+}
+
+// conn is one accepted connection's facts, filled as it is handled and
+// logged once at the end.
+type conn struct {
+	client     *net.TCPConn
+	clientAddr netip.AddrPort
+	dst        netip.AddrPort
+	start      time.Time
+	class      HelloClass
+	sni        string
+	action     Action
+	rule       int
+	up, down   int64
+	err        error
+}
+
+func (s *Server) handle(c *net.TCPConn) {
+	defer s.untrack(c)
+	cn := &conn{
+		client:     c,
+		clientAddr: addrPort(c.RemoteAddr()),
+		dst:        addrPort(c.LocalAddr()),
+		start:      time.Now(),
+		rule:       -1,
+	}
+	s.serve(cn)
+	s.stats.count(cn)
+	s.logConn(cn)
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// errLocalDestination refuses connections addressed to the gateway itself.
+var errLocalDestination = errors.New("destination is an address of the gateway")
+
+func (s *Server) serve(cn *conn) {
+	if s.isLocal(cn.dst.Addr()) {
+		cn.action, cn.err = ActionBlock, errLocalDestination
+		reset(cn.client)
+		return
+	}
+
+	buf := GetHelloBuffer()
+	released := false
+	release := func() {
+		if !released {
+			buf.Release()
+			released = true
+		}
+	}
+	defer release()
+
+	var h Hello
+	cn.client.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
+	err := ReadHello(cn.client, buf, s.cfg.MaxHello, &h)
+	cn.class = h.Class
+	if err != nil && h.Class != HelloMalformed {
+		// Nothing usable arrived: timeout, early close or too large.
+		cn.action, cn.err = ActionBlock, fmt.Errorf("read client hello: %w", err)
+		reset(cn.client)
+		return
+	}
+	cn.client.SetReadDeadline(time.Time{})
+	if err != nil {
+		cn.err = err
+	}
+	cn.decide(s.cfg.Policy, &h)
+
+	switch cn.action {
+	case ActionSplice:
+		s.splice(cn, h.Raw, release)
+	case ActionBump:
+		s.bump(cn, &h, release)
+	default:
+		if cn.err == nil {
+			cn.err = errors.New("blocked by policy")
+		}
+		reset(cn.client)
+	}
+}
+
+func (cn *conn) decide(p *Policy, h *Hello) {
+	if h.Class != HelloNamed {
+		cn.action = p.ForClass(h.Class)
+		return
+	}
+	cn.sni = normalizeName(h.ServerName)
+	cn.action, cn.rule = p.Decide(h.ServerName)
+}
+
+// normalizeName is the server name as logged and as handed to the bump
+// path: lowercase, without the trailing dot the parser already removed.
+func normalizeName(b []byte) string {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		out[i] = c
+	}
+	return string(out)
+}
+
+// reset closes c with an RST rather than a FIN, so the client fails at once
+// instead of waiting for a TLS answer that will never come.
+func reset(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+func (s *Server) dial(cn *conn) (*net.TCPConn, error) {
+	up, err := s.dialer.DialContext(s.ctx, "tcp", cn.dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("dial original destination %s: %w", cn.dst, err)
+	}
+	return up.(*net.TCPConn), nil
+}
+
+func (s *Server) bump(cn *conn, h *Hello, release func()) {
+	if s.cfg.Bump == nil {
+		cn.action, cn.err = ActionBlock, errors.New("bump requested but no CA is configured")
+		reset(cn.client)
+		return
+	}
+	up, err := s.dial(cn)
+	if err != nil {
+		cn.err = err
+		reset(cn.client)
+		return
+	}
+	// The bump path holds the hello for the whole TLS handshake; a private
+	// copy lets the pooled buffer go back at once.
+	replay := append([]byte(nil), h.Raw...)
+	var sni string
+	if h.Class == HelloNamed {
+		sni = cn.sni
+	}
+	alpn := h.ALPNProtocols()
+	release()
+
+	client := &replayConn{Conn: cn.client, pending: replay}
+	cn.up, cn.down, cn.err = s.cfg.Bump(s.ctx, client, up, sni, alpn)
+}
+
+func (cn *conn) fields() []zap.Field {
+	fields := []zap.Field{
+		zap.Stringer(keyClient, cn.clientAddr),
+		zap.Stringer(keyDst, cn.dst),
+		zap.String(keySNI, cn.sni),
+		zap.Stringer(keyAction, cn.action),
+		zap.Int64(keyBytesUp, cn.up),
+		zap.Int64(keyBytesDown, cn.down),
+		zap.Duration(keyDuration, time.Since(cn.start)),
+	}
+	if cn.class != 0 {
+		fields = append(fields, zap.Stringer(keyHello, cn.class))
+	}
+	if cn.rule >= 0 {
+		fields = append(fields, zap.Int(keyRule, cn.rule))
+	}
+	if cn.err != nil {
+		fields = append(fields, zap.Error(cn.err))
+	}
+	return fields
+}
+
+func (s *Server) logConn(cn *conn) {
+	s.log.Info("connection", cn.fields()...)
+}
+
+// Log field keys, one per concept across the dataplane.
+const (
+	keyClient    = "client"
+	keyDst       = "dst"
+	keySNI       = "sni"
+	keyAction    = "action"
+	keyRule      = "rule"
+	keyHello     = "hello"
+	keyBytesUp   = "bytes_up"
+	keyBytesDown = "bytes_down"
+	keyDuration  = "duration"
+)
+
+// replayConn returns pending before reading from the connection: the bump
+// path's TLS server must see the ClientHello the dataplane already read.
+type replayConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (r *replayConn) Read(p []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(p, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
+	return r.Conn.Read(p)
+}
+
+// CloseWrite half-closes the underlying TCP connection.
+func (r *replayConn) CloseWrite() error {
+	if cw, ok := r.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

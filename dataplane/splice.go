@@ -1,0 +1,88 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// splice connects to the original destination, replays the bytes the
+// dataplane read, and then relays both directions.
+func (s *Server) splice(cn *conn, hello []byte, release func()) {
+	up, err := s.dial(cn)
+	if err != nil {
+		cn.err = err
+		reset(cn.client)
+		return
+	}
+	n, err := up.Write(hello)
+	release()
+	cn.up = int64(n)
+	if err != nil {
+		cn.err = fmt.Errorf("replay client hello to %s: %w", cn.dst, err)
+		reset(cn.client)
+		up.Close()
+		return
+	}
+	up2, down, err := relay(cn.client, up)
+	cn.up += up2
+	cn.down = down
+	if err != nil {
+		cn.err = err
+	}
+}
+
+// relay copies both ways between client and upstream until both directions
+// have ended, then closes both. *net.TCPConn.ReadFrom with a TCP source moves
+// the bytes with splice(2) through a pipe, so the payload never enters user
+// space. An EOF on one side is passed on as a half-close (FIN) to the other,
+// which keeps protocols that half-close working; an error on either side
+// closes both, since the other direction then has no one to talk to.
+func relay(client, upstream *net.TCPConn) (up, down int64, err error) {
+	var (
+		wg       sync.WaitGroup
+		once     sync.Once
+		firstErr error
+	)
+	fail := func(e error) {
+		once.Do(func() {
+			firstErr = e
+			client.Close()
+			upstream.Close()
+		})
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		down = pipe(upstream, client, "upstream to client", fail)
+	}()
+	up = pipe(client, upstream, "client to upstream", fail)
+	wg.Wait()
+	client.Close()
+	upstream.Close()
+	return up, down, firstErr
+}
+
+// pipe moves src to dst until EOF, then half-closes dst.
+func pipe(src, dst *net.TCPConn, dir string, fail func(error)) int64 {
+	n, err := dst.ReadFrom(src)
+	if err != nil {
+		if !errors.Is(err, net.ErrClosed) {
+			fail(fmt.Errorf("relay %s: %w", dir, err))
+		}
+		return n
+	}
+	if err := dst.CloseWrite(); err != nil && !peerGone(err) {
+		fail(fmt.Errorf("half-close %s: %w", dir, err))
+	}
+	return n
+}
+
+// peerGone reports whether err only says that the other end has already
+// closed or reset: passing on a FIN is then moot, not a failure.
+func peerGone(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ENOTCONN) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+}
