@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/snigate/snigate/bpf"
+	"github.com/snigate/snigate/dataplane"
+)
+
+// Config is the daemon's configuration file, after defaults and validation.
+type Config struct {
+	Intercept Intercept `yaml:"intercept"`
+	// Listen are the transparent listeners, one per address family.
+	Listen   []addrPort `yaml:"listen"`
+	CA       CAFiles    `yaml:"ca"`
+	Upstream Upstream   `yaml:"upstream"`
+	Hello    Hello      `yaml:"hello"`
+	Policy   PolicySpec `yaml:"policy"`
+	Log      LogSpec    `yaml:"log"`
+	Shutdown Shutdown   `yaml:"shutdown"`
+}
+
+type Intercept struct {
+	Interfaces []string   `yaml:"interfaces"`
+	Ports      []port     `yaml:"ports"`
+	Bypass     []prefix   `yaml:"bypass"`
+	Attach     attachMode `yaml:"attach"`
+	Mark       uint32     `yaml:"mark"`
+	Table      int        `yaml:"table"`
+}
+
+type CAFiles struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+type Upstream struct {
+	Roots       []string `yaml:"roots"`
+	DialTimeout duration `yaml:"dial_timeout"`
+}
+
+type Hello struct {
+	Timeout  duration `yaml:"timeout"`
+	MaxBytes int      `yaml:"max_bytes"`
+}
+
+type PolicySpec struct {
+	Rules     []RuleSpec `yaml:"rules"`
+	NoSNI     action     `yaml:"no_sni"`
+	NotTLS    action     `yaml:"not_tls"`
+	Malformed action     `yaml:"malformed"`
+	Default   action     `yaml:"default"`
+}
+
+type RuleSpec struct {
+	SNI    []string `yaml:"sni"`
+	Action action   `yaml:"action"`
+	line   int
+}
+
+type LogSpec struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+type Shutdown struct {
+	Drain duration `yaml:"drain"`
+}
+
+// defaultConfig is what an empty file means: the office default of splicing
+// Google Cloud IAP tunnels and the mutual-TLS Google endpoints (a bump would
+// break their client certificates) and bumping everything else.
+func defaultConfig() Config {
+	return Config{
+		Intercept: Intercept{Ports: []port{443}, Attach: attachMode(bpf.ModeAuto)},
+		Listen: []addrPort{
+			addrPort(netip.MustParseAddrPort("127.0.0.1:15443")),
+			addrPort(netip.MustParseAddrPort("[::1]:15443")),
+		},
+		CA:       CAFiles{Cert: "/var/lib/snigate/ca.crt", Key: "/var/lib/snigate/ca.key"},
+		Upstream: Upstream{DialTimeout: duration(dataplane.DefaultDialTimeout)},
+		Hello: Hello{
+			Timeout:  duration(dataplane.DefaultHelloTimeout),
+			MaxBytes: dataplane.DefaultMaxHello,
+		},
+		Policy: PolicySpec{
+			Rules: []RuleSpec{{
+				SNI: []string{"tunnel.cloudproxy.app", "*.tunnel.cloudproxy.app",
+					"*.mtls.googleapis.com"},
+				Action: action(dataplane.ActionSplice),
+			}},
+			NoSNI:     action(dataplane.ActionSplice),
+			NotTLS:    action(dataplane.ActionBlock),
+			Malformed: action(dataplane.ActionBlock),
+			Default:   action(dataplane.ActionBump),
+		},
+		Log:      LogSpec{Level: "info", Format: "auto"},
+		Shutdown: Shutdown{Drain: duration(5 * time.Second)},
+	}
+}
+
+// LoadConfig reads and validates the file. Every error names the file, the
+// line and the offending value.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := parseConfig(data)
+	if err != nil {
+		return nil, prefixFile(path, err)
+	}
+	return cfg, nil
+}
+
+func parseConfig(data []byte) (*Config, error) {
+	cfg := defaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	// A list given in the file replaces the default list as a whole, so
+	// "rules: []" means no rules.
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func (c *Config) validate() error {
+	if len(c.Intercept.Interfaces) == 0 {
+		return errors.New("intercept.interfaces: at least one LAN interface is required")
+	}
+	for _, name := range c.Intercept.Interfaces {
+		if name == "" || len(name) >= 16 || strings.ContainsAny(name, "/ \t") {
+			return fmt.Errorf("intercept.interfaces: %q is not an interface name", name)
+		}
+	}
+	if len(c.Intercept.Ports) == 0 {
+		return errors.New("intercept.ports: at least one port is required")
+	}
+	if len(c.Listen) == 0 {
+		return errors.New("listen: at least one address is required")
+	}
+	if c.Hello.MaxBytes < 512 || c.Hello.MaxBytes > dataplane.DefaultMaxHello {
+		return fmt.Errorf("hello.max_bytes: %d not in 512-%d", c.Hello.MaxBytes,
+			dataplane.DefaultMaxHello)
+	}
+	if _, err := c.policy(); err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	return nil
+}
+
+// policy builds the dataplane policy; a bad rule is reported with its line.
+func (c *Config) policy() (*dataplane.Policy, error) {
+	pc := dataplane.PolicyConfig{
+		NoSNI:     dataplane.Action(c.Policy.NoSNI),
+		NotTLS:    dataplane.Action(c.Policy.NotTLS),
+		Malformed: dataplane.Action(c.Policy.Malformed),
+		Default:   dataplane.Action(c.Policy.Default),
+	}
+	for i, r := range c.Policy.Rules {
+		rule := dataplane.Rule{Names: r.SNI, Action: dataplane.Action(r.Action)}
+		if _, err := dataplane.NewPolicy(dataplane.PolicyConfig{
+			Rules: []dataplane.Rule{rule}, NoSNI: pc.NoSNI, NotTLS: pc.NotTLS,
+			Malformed: pc.Malformed, Default: pc.Default,
+		}); err != nil {
+			msg := strings.TrimPrefix(err.Error(), "rule 0: ")
+			return nil, &lineError{line: r.line, msg: fmt.Sprintf("rules[%d]: %s", i, msg)}
+		}
+		pc.Rules = append(pc.Rules, rule)
+	}
+	return dataplane.NewPolicy(pc)
+}
+
+func (c *Config) usesBump() bool {
+	if c.Policy.Default == action(dataplane.ActionBump) ||
+		c.Policy.NoSNI == action(dataplane.ActionBump) {
+		return true
+	}
+	for _, r := range c.Policy.Rules {
+		if r.Action == action(dataplane.ActionBump) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Config) ports() []uint16 {
+	out := make([]uint16, len(c.Intercept.Ports))
+	for i, p := range c.Intercept.Ports {
+		out[i] = uint16(p)
+	}
+	return out
+}
+
+func (c *Config) bypass() []netip.Prefix {
+	out := make([]netip.Prefix, len(c.Intercept.Bypass))
+	for i, p := range c.Intercept.Bypass {
+		out[i] = netip.Prefix(p)
+	}
+	return out
+}
+
+// lineError is a validation error at a line of the file.
+type lineError struct {
+	line int
+	msg  string
+}
+
+func (e *lineError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
+
+func errAt(n *yaml.Node, format string, args ...any) error {
+	return &lineError{line: n.Line, msg: fmt.Sprintf(format, args...)}
+}
+
+var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+var unknownField = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+
+// prefixFile turns the decoder's and the validator's errors into
+// "FILE:LINE: message" lines, one per problem.
+func prefixFile(path string, err error) error {
+	var lines []string
+	var te *yaml.TypeError
+	var le *lineError
+	switch {
+	case errors.As(err, &te):
+		lines = te.Errors
+	case errors.As(err, &le):
+		return fmt.Errorf("%s:%d: %s", path, le.line, le.msg)
+	default:
+		lines = []string{err.Error()}
+	}
+	for i, l := range lines {
+		m := yamlLine.FindStringSubmatch(strings.TrimSpace(l))
+		if m == nil {
+			lines[i] = path + ": " + l
+			continue
+		}
+		msg := m[2]
+		if u := unknownField.FindStringSubmatch(msg); u != nil {
+			msg = fmt.Sprintf("unknown key %q", u[1])
+		}
+		lines[i] = path + ":" + m[1] + ": " + msg
+	}
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// Scalar types that check their value while decoding, so the error carries
+// the line.
+
+type action dataplane.Action
+
+func (a *action) UnmarshalYAML(n *yaml.Node) error {
+	v, err := dataplane.ParseAction(n.Value)
+	if err != nil {
+		return errAt(n, "%v", err)
+	}
+	*a = action(v)
+	return nil
+}
+
+func (r *RuleSpec) UnmarshalYAML(n *yaml.Node) error {
+	type plain RuleSpec
+	var p plain
+	if err := n.Decode(&p); err != nil {
+		return err
+	}
+	*r = RuleSpec(p)
+	r.line = n.Line
+	if len(r.SNI) == 0 {
+		return errAt(n, "rule has no sni names")
+	}
+	if r.Action == 0 {
+		return errAt(n, "rule has no action")
+	}
+	return nil
+}
+
+type port uint16
+
+func (p *port) UnmarshalYAML(n *yaml.Node) error {
+	v, err := strconv.Atoi(n.Value)
+	if err != nil || v < 1 || v > 65535 {
+		return errAt(n, "port %q out of range 1-65535", n.Value)
+	}
+	*p = port(v)
+	return nil
+}
+
+type prefix netip.Prefix
+
+func (p *prefix) UnmarshalYAML(n *yaml.Node) error {
+	v, err := netip.ParsePrefix(n.Value)
+	if err != nil {
+		a, aerr := netip.ParseAddr(n.Value)
+		if aerr != nil {
+			return errAt(n, "%q is not an address or prefix", n.Value)
+		}
+		v = netip.PrefixFrom(a, a.BitLen())
+	}
+	*p = prefix(v)
+	return nil
+}
+
+type addrPort netip.AddrPort
+
+func (a *addrPort) UnmarshalYAML(n *yaml.Node) error {
+	v, err := netip.ParseAddrPort(n.Value)
+	if err != nil {
+		return errAt(n, "%q is not an address:port", n.Value)
+	}
+	*a = addrPort(v)
+	return nil
+}
+
+func (a addrPort) String() string { return netip.AddrPort(a).String() }
+
+type duration time.Duration
+
+func (d *duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v <= 0 {
+		return errAt(n, "%q is not a positive duration such as 10s", n.Value)
+	}
+	*d = duration(v)
+	return nil
+}
+
+type attachMode bpf.Mode
+
+func (m *attachMode) UnmarshalYAML(n *yaml.Node) error {
+	v, err := bpf.ParseMode(n.Value)
+	if err != nil {
+		return errAt(n, "%v", err)
+	}
+	*m = attachMode(v)
+	return nil
+}

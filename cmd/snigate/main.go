@@ -1,0 +1,104 @@
+// Command snigate is the transparent TLS egress gateway: it steers a LAN's
+// outbound TLS into its dataplane, splices the hosts the policy names and
+// bumps the rest.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `usage: snigate <command> [flags]
+
+commands:
+  run --config FILE      run the gateway
+  check --config FILE    validate a configuration file and exit
+  ca init --out DIR      create a new gateway CA (ca.crt, ca.key, ca.der)
+
+Run "snigate <command> --help" for a command's flags.
+`
+
+func main() {
+	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// dispatch runs one command and returns the process exit code.
+func dispatch(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(args[1:], stderr)
+	case "check":
+		err = cmdCheck(args[1:], stdout)
+	case "ca":
+		err = cmdCA(args[1:], stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "snigate: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "snigate: %v\n", err)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "snigate: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// usageError marks a mistake in the command line rather than in the work.
+type usageError struct{ error }
+
+func newFlagSet(name string, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
+
+func cmdCheck(args []string, stdout io.Writer) error {
+	fs := newFlagSet("check", stdout)
+	path := fs.String("config", "/etc/snigate/snigate.yaml", "configuration `file` to validate")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	if cfg.usesBump() {
+		if _, err := loadCA(cfg); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d rules, interfaces %v, ports %v)\n", *path,
+		len(cfg.Policy.Rules), cfg.Intercept.Interfaces, cfg.ports())
+	return nil
+}
