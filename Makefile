@@ -1,0 +1,56 @@
+# snigate: build, test and demo. Every target runs as root on Debian with Go
+# installed; the packages the lab and the tests use come from apt.
+
+GO       ?= go
+BIN      := bin
+SNIGATE  := $(BIN)/snigate
+LABSERVER := $(BIN)/labserver
+RUNTIME_PKGS := iproute2 curl openssl ca-certificates
+GENERATE_PKGS := clang llvm libbpf-dev linux-libc-dev
+
+.PHONY: all build deps deps-generate generate test unit e2e demo lab-down clean
+
+all: build
+
+# Install what the lab and the tests call, only when something is missing.
+deps:
+	@missing=""; for p in $(RUNTIME_PKGS); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+deps-generate:
+	@missing=""; for p in $(GENERATE_PKGS); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# Rebuild the committed bpf2go outputs from bpf/steer.c.
+generate: deps-generate
+	$(GO) generate ./bpf/
+
+build:
+	$(GO) build -o $(SNIGATE) ./cmd/snigate
+	$(GO) build -o $(LABSERVER) ./scripts/labserver
+
+# All tests: unit tests and the end-to-end lab tests (root, network namespaces).
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+unit:
+	$(GO) test -count=1 -short ./...
+
+# Bring the lab up, run real clients through snigate, print what they saw,
+# tear the lab down (also on failure).
+demo: deps build
+	SNIGATE=$(SNIGATE) LABSERVER=$(LABSERVER) scripts/demo.sh
+
+lab-down:
+	scripts/lab.sh down
+
+clean:
+	rm -rf $(BIN)
