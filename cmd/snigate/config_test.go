@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snigate/snigate/bpf"
+	"github.com/snigate/snigate/dataplane"
+)
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "snigate.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	cfg, err := LoadConfig(writeConfig(t, "intercept:\n  interfaces: [lan0]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.ports(); len(got) != 1 || got[0] != 443 {
+		t.Errorf("ports = %v, want [443]", got)
+	}
+	if bpf.Mode(cfg.Intercept.Attach) != bpf.ModeAuto {
+		t.Errorf("attach = %q, want auto", cfg.Intercept.Attach)
+	}
+	p, err := cfg.policy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]dataplane.Action{
+		"tunnel.cloudproxy.app":      dataplane.ActionSplice,
+		"x.tunnel.cloudproxy.app":    dataplane.ActionSplice,
+		"oauth2.mtls.googleapis.com": dataplane.ActionSplice,
+		"www.google.com":             dataplane.ActionBump,
+	} {
+		if got, _ := p.Decide([]byte(name)); got != want {
+			t.Errorf("default policy: %s -> %s, want %s", name, got, want)
+		}
+	}
+	if p.ForClass(dataplane.HelloNotTLS) != dataplane.ActionBlock {
+		t.Error("default not_tls is not block")
+	}
+	if !cfg.usesBump() {
+		t.Error("default policy does not use the bump path")
+	}
+}
+
+func TestLoadConfigFull(t *testing.T) {
+	cfg, err := LoadConfig(writeConfig(t, `intercept:
+  interfaces: [lan0, lan1]
+  ports: [443, 8443]
+  bypass: [192.0.2.0/24, 2001:db8::1]
+  attach: legacy
+listen: ["127.0.0.1:15443"]
+hello:
+  timeout: 3s
+  max_bytes: 4096
+policy:
+  rules:
+    - sni: [example.test]
+      action: block
+  no_sni: block
+  not_tls: splice
+  malformed: block
+  default: splice
+shutdown:
+  drain: 1s
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Intercept.Interfaces) != 2 || len(cfg.ports()) != 2 {
+		t.Errorf("interfaces %v ports %v", cfg.Intercept.Interfaces, cfg.ports())
+	}
+	if b := cfg.bypass(); len(b) != 2 || b[1].Bits() != 128 {
+		t.Errorf("bypass = %v, want a /24 and a /128", b)
+	}
+	if time.Duration(cfg.Hello.Timeout) != 3*time.Second || cfg.Hello.MaxBytes != 4096 {
+		t.Errorf("hello = %+v", cfg.Hello)
+	}
+	if cfg.usesBump() {
+		t.Error("a policy without bump says it uses the bump path")
+	}
+}
+
+// Every error names the file, the line and the offending value.
+func TestLoadConfigErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		text string
+		want string
+	}{
+		{"unknown key", "intercept:\n  interfaces: [lan0]\n  portz: [443]\n",
+			`:3: unknown key "portz"`},
+		{"bad action", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
+			"    - sni: [a.test]\n      action: splise\n",
+			`:6: action "splise" is not splice, bump or block`},
+		{"bad port", "intercept:\n  interfaces: [lan0]\n  ports: [70000]\n",
+			`:3: port "70000" out of range 1-65535`},
+		{"bad bypass", "intercept:\n  interfaces: [lan0]\n  bypass: [10.0.0.0/33]\n",
+			`:3: "10.0.0.0/33" is not an address or prefix`},
+		{"bad listen", "intercept:\n  interfaces: [lan0]\nlisten: [localhost]\n",
+			`:3: "localhost" is not an address:port`},
+		{"bad duration", "intercept:\n  interfaces: [lan0]\nhello:\n  timeout: soon\n",
+			`:4: "soon" is not a positive duration`},
+		{"bad attach", "intercept:\n  interfaces: [lan0]\n  attach: xdp\n",
+			`:3: attach mode "xdp" is not auto, tcx or legacy`},
+		{"bad rule name", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
+			"    - sni: [ok.test, \"bad name.test\"]\n      action: bump\n",
+			`:5: rules[0]: name "bad name.test"`},
+		{"rule without action", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
+			"    - sni: [a.test]\n", `:5: rule has no action`},
+		{"no interfaces", "listen: [\"127.0.0.1:1\"]\n", "intercept.interfaces"},
+		{"not yaml", "intercept: [\n", "snigate.yaml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeConfig(t, tt.text)
+			_, err := LoadConfig(path)
+			if err == nil {
+				t.Fatalf("LoadConfig accepted:\n%s", tt.text)
+			}
+			if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q, want the path and %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestCheckCommand(t *testing.T) {
+	good := writeConfig(t, "intercept:\n  interfaces: [lan0]\npolicy:\n  default: splice\n")
+	var out, errOut bytes.Buffer
+	if code := dispatch([]string{"check", "--config", good}, &out, &errOut); code != 0 {
+		t.Fatalf("check of a good file exited %d: %s", code, errOut.String())
+	}
+	bad := writeConfig(t, "intercept:\n  interfaces: [lan0]\n  ports: [0]\n")
+	out.Reset()
+	errOut.Reset()
+	if code := dispatch([]string{"check", "--config", bad}, &out, &errOut); code != 1 {
+		t.Fatalf("check of a bad file exited %d, want 1", code)
+	}
+	if !strings.Contains(errOut.String(), bad+":3:") {
+		t.Errorf("check output %q does not name %s:3", errOut.String(), bad)
+	}
+	// A bumping policy needs a usable CA, and check says which file is wrong.
+	missingCA := writeConfig(t, "intercept:\n  interfaces: [lan0]\nca:\n  cert: /nonexistent/ca.crt\n  key: /nonexistent/ca.key\n")
+	errOut.Reset()
+	if code := dispatch([]string{"check", "--config", missingCA}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "/nonexistent/ca.crt") {
+		t.Errorf("check with a missing CA exited %d: %q", code, errOut.String())
+	}
+}
+
+func TestCAInitCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	var out, errOut bytes.Buffer
+	if code := dispatch([]string{"ca", "init", "--out", dir}, &out, &errOut); code != 0 {
+		t.Fatalf("ca init exited %d: %s", code, errOut.String())
+	}
+	if code := dispatch([]string{"ca", "init", "--out", dir}, &out, &errOut); code != 1 {
+		t.Errorf("a second ca init into %s exited %d, want 1 (never overwrite)", dir, code)
+	}
+	if code := dispatch([]string{"frobnicate"}, &out, &errOut); code != 2 {
+		t.Errorf("unknown command exited %d, want 2", code)
+	}
+}
