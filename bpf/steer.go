@@ -100,7 +100,7 @@ type attachment interface {
 // routing for the mark and attaches to every interface. Steering starts only
 // once SetListener has been given a listener: until then the program
 // forwards everything. On error nothing is left behind.
-func Attach(cfg Config) (s *Steering, err error) {
+func Attach(cfg Config) (_ *Steering, err error) {
 	cfg.setDefaults()
 	if len(cfg.Interfaces) == 0 {
 		return nil, errors.New("no interfaces to attach to")
@@ -108,7 +108,7 @@ func Attach(cfg Config) (s *Steering, err error) {
 	if len(cfg.Ports) == 0 {
 		return nil, errors.New("no ports to intercept")
 	}
-	s = &Steering{cfg: cfg}
+	s := &Steering{cfg: cfg}
 	defer func() {
 		if err != nil {
 			s.Close()
