@@ -15,10 +15,16 @@ import (
 type HelloClass uint8
 
 const (
-	HelloNamed     HelloClass = iota + 1 // a TLS ClientHello with a server name
-	HelloNoSNI                           // a TLS ClientHello without server_name, or with an empty name list
-	HelloNotTLS                          // first byte is not a TLS handshake record (0x16): HTTP, SSH, anything else
-	HelloMalformed                       // claims to be TLS but is not a well-formed ClientHello
+	// HelloNamed is a TLS ClientHello with a server name.
+	HelloNamed HelloClass = iota + 1
+	// HelloNoSNI is a TLS ClientHello without server_name, or with an empty
+	// name list.
+	HelloNoSNI
+	// HelloNotTLS means the first byte is not a TLS handshake record (0x16):
+	// HTTP, SSH, anything else.
+	HelloNotTLS
+	// HelloMalformed claims to be TLS but is not a well-formed ClientHello.
+	HelloMalformed
 )
 
 // String returns the short snake_case label used in logs and metrics.
@@ -195,9 +201,9 @@ func ReadHello(c net.Conn, b *HelloBuffer, maxBytes int, h *Hello) error {
 // ErrNeedMore when raw is a valid but incomplete prefix of a ClientHello, and
 // otherwise what ReadHello returns for the same bytes.
 //
-// A message that spans records is reassembled into scratch; if scratch has
-// less capacity than raw, ParseHello allocates. h.ServerName and h.ALPN point
-// into raw (one record) or scratch (several).
+// A message that spans records is reassembled into scratch; capacity
+// len(raw) always suffices, and with less ParseHello allocates. h.ServerName
+// and h.ALPN point into raw (one record) or scratch (several records).
 func ParseHello(raw, scratch []byte, h *Hello) error {
 	*h = Hello{Raw: raw}
 	if len(raw) == 0 {
@@ -244,6 +250,8 @@ func recordHeader(raw []byte, off int) (int, error) {
 		return 0, &HelloError{Field: "record header", Offset: off,
 			Detail: fmt.Sprintf("content type %d is not handshake (22)", hdr[0])}
 	}
+	// Every version from SSL 3.0 to TLS 1.3 keeps major version 3 in the
+	// record header; anything else after 0x16 is another protocol.
 	if len(hdr) > 2 && hdr[1] != 3 {
 		return 0, &HelloError{Field: "record header", Offset: off,
 			Detail: fmt.Sprintf("version 0x%02x%02x is not TLS", hdr[1], hdr[2])}
@@ -255,8 +263,8 @@ func recordHeader(raw []byte, off int) (int, error) {
 	n := recordLen(hdr)
 	switch {
 	case n == 0:
-		// RFC 8446, Section 5.1 forbids zero-length handshake fragments;
-		// accepting them would let a client hold us with empty records.
+		// RFC 8446, Section 5.1 forbids zero-length handshake fragments, so
+		// no TLS stack we could pass the connection to would accept them.
 		return 0, &HelloError{Field: "record length", Offset: off + 3,
 			Detail: "empty handshake record"}
 	case n > maxRecordPayload:
@@ -352,6 +360,7 @@ func (p *helloParser) offset(s cryptobyte.String) int {
 	return off + k
 }
 
+// fail returns a HelloError for field, located where at starts.
 func (p *helloParser) fail(field string, at cryptobyte.String, detail string) error {
 	return &HelloError{Field: field, Offset: p.offset(at), Detail: detail}
 }
@@ -365,7 +374,8 @@ func (p *helloParser) short(s cryptobyte.String, field string, size int) error {
 // not be read or points past the end of its enclosing vector.
 func (p *helloParser) lengthError(s cryptobyte.String, width int, field string) error {
 	if len(s) < width {
-		return p.fail(field, s, fmt.Sprintf("needs a %d-byte length, %d bytes remain", width, len(s)))
+		return p.fail(field, s,
+			fmt.Sprintf("needs a %d-byte length, %d bytes remain", width, len(s)))
 	}
 	n := 0
 	for _, c := range s[:width] {
@@ -449,10 +459,11 @@ func (p *helloParser) parse(h *Hello) error {
 // extensions walks the extension list, rejecting repeats (RFC 8446, Section
 // 4.2) and reading server_name and ALPN.
 func (p *helloParser) extensions(exts cryptobyte.String, h *Hello) error {
-	// LIMITATION: repeats are found with a fixed array, so a hello with more
-	// than maxExtensions extensions is refused as malformed even though no
-	// RFC caps the count; real clients send under 30; a bitmap over all
-	// 65536 types would lift it at 8 KiB per buffer.
+	// LIMITATION: a hello with more than maxExtensions extensions is not
+	// parsed, because repeats are found in a fixed array and no RFC caps the
+	// count; it is refused as malformed, which no real client (under 30
+	// extensions) triggers; an 8 KiB bitmap of extension types kept in
+	// HelloBuffer would lift it.
 	var seen [maxExtensions]uint16
 	count := 0
 

@@ -60,7 +60,8 @@ func checkHelloOutcome(t *testing.T, raw []byte, h *Hello, err error) {
 			t.Fatalf("err %v (%T) with class %v", err, err, h.Class)
 		}
 		if he.Offset < 0 || he.Offset > len(raw) || len(err.Error()) > 300 {
-			t.Fatalf("offset %d of %d bytes, message %d bytes: %v", he.Offset, len(raw), len(err.Error()), err)
+			t.Fatalf("offset %d of %d bytes, message %d bytes: %v",
+				he.Offset, len(raw), len(err.Error()), err)
 		}
 		if h.ServerName != nil || h.ALPN != nil {
 			t.Fatalf("malformed with name %q ALPN %q", h.ServerName, h.ALPN)
@@ -74,7 +75,8 @@ func checkHelloOutcome(t *testing.T, raw []byte, h *Hello, err error) {
 			t.Fatalf("no_sni with name %q", h.ServerName)
 		}
 	case h.Class == HelloNotTLS:
-		if raw[0] == recordTypeHandshake || raw[0] >= 0x80 || h.ServerName != nil || h.ALPN != nil {
+		if raw[0] == recordTypeHandshake || raw[0] >= 0x80 ||
+			h.ServerName != nil || h.ALPN != nil {
 			t.Fatalf("not_tls for first byte %#02x", raw[0])
 		}
 	default:
@@ -95,9 +97,9 @@ func plausibleHostName(name string) bool {
 	if name == "" || len(name) > 253 {
 		return false
 	}
+	const allowed = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 	for _, label := range strings.Split(name, ".") {
-		if label == "" || len(label) > 63 ||
-			strings.Trim(label, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+		if label == "" || len(label) > 63 || strings.Trim(label, allowed) != "" {
 			return false
 		}
 	}

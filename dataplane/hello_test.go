@@ -303,7 +303,8 @@ func TestReadHelloCorpus(t *testing.T) {
 			t.Run(c.file+"/chunk="+strconv.Itoa(chunk), func(t *testing.T) {
 				h, err := readTestHello(t, &helloTestConn{data: c.raw, chunk: chunk}, 0)
 				if c.truncated {
-					if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "1053 bytes") {
+					if !errors.Is(err, io.ErrUnexpectedEOF) ||
+						!strings.Contains(err.Error(), "1053 bytes") {
 						t.Fatalf("err = %v, want io.ErrUnexpectedEOF after 1053 bytes", err)
 					}
 					if !bytes.Equal(h.Raw, c.raw) {
@@ -326,7 +327,8 @@ func TestParseHelloPrefixes(t *testing.T) {
 			for n := range len(c.raw) {
 				var h Hello
 				err := ParseHello(c.raw[:n], scratch, &h)
-				if !errors.Is(err, ErrNeedMore) || h.Class != 0 || h.ServerName != nil || h.ALPN != nil {
+				if !errors.Is(err, ErrNeedMore) || h.Class != 0 ||
+					h.ServerName != nil || h.ALPN != nil {
 					t.Fatalf("prefix of %d bytes: %v %q, err %v; want ErrNeedMore",
 						n, h.Class, h.ServerName, err)
 				}
@@ -415,7 +417,8 @@ func TestParseHelloValid(t *testing.T) {
 			HelloNamed, "WWW.Example.COM", nil},
 		{"first host_name wins", helloFields{exts: [][]byte{sniExt("a.example", "b.example")}}.record(),
 			HelloNamed, "a.example", nil},
-		{"other name_type skipped", helloFields{exts: [][]byte{sniExt("\x01opaque", "a_b.example")}}.record(),
+		{"other name_type skipped",
+			helloFields{exts: [][]byte{sniExt("\x01opaque", "a_b.example")}}.record(),
 			HelloNamed, "a_b.example", nil},
 		{"empty name list", helloFields{exts: [][]byte{sniExt()}}.record(), HelloNoSNI, "", nil},
 		{"no extensions block", helloFields{noExts: true}.record(), HelloNoSNI, "", nil},
@@ -438,6 +441,7 @@ func TestParseHelloValid(t *testing.T) {
 			if got := h.ALPNProtocols(); !slices.Equal(got, tt.alpn) {
 				t.Errorf("ALPN = %q, want %q", got, tt.alpn)
 			}
+			compareWithCryptoTLS(t, tt.raw)
 		})
 	}
 }
@@ -469,10 +473,14 @@ func TestParseHelloMalformed(t *testing.T) {
 		{"sslv2", []byte{0x80}, "record header at offset 0", "sslv2 compatible hello"},
 		{"record type in the middle", append(helloRecords(msg[:20]), 0x14, 3, 3, 0, 1, 1),
 			"record header at offset 25", "content type 20 is not handshake"},
-		{"record version", []byte{0x16, 0x02, 0x00}, "record header at offset 0", "version 0x0200 is not TLS"},
-		{"record too long", []byte{0x16, 3, 1, 0x40, 0x01}, "record length at offset 3", "length 16385 exceeds 16384"},
-		{"empty record", []byte{0x16, 3, 1, 0, 0}, "record length at offset 3", "empty handshake record"},
-		{"not client_hello", []byte{0x16, 3, 3, 0, 4, 2}, "handshake type at offset 5", "type 2 is not client_hello"},
+		{"record version", []byte{0x16, 0x02, 0x00},
+			"record header at offset 0", "version 0x0200 is not TLS"},
+		{"record too long", []byte{0x16, 3, 1, 0x40, 0x01},
+			"record length at offset 3", "length 16385 exceeds 16384"},
+		{"empty record", []byte{0x16, 3, 1, 0, 0},
+			"record length at offset 3", "empty handshake record"},
+		{"not client_hello", []byte{0x16, 3, 3, 0, 4, 2},
+			"handshake type at offset 5", "type 2 is not client_hello"},
 		{"record runs past hello", overlong, "record length at offset 3", "record runs 3 bytes past"},
 		{"short body", helloRecords([]byte{1, 0, 0, 10, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0}),
 			"random at offset 11", "needs 32 bytes, 8 remain"},
@@ -503,8 +511,10 @@ func TestParseHelloMalformed(t *testing.T) {
 			"server_name entry", "length 50 exceeds 2 remaining bytes"},
 		{"space in host name", sni("exa mple.com"), "server_name host_name at offset 95",
 			`byte 0x20 not allowed at index 3 of "exa mple.com"`},
-		{"non-ascii host name", sni("bücher.example"), "server_name host_name", "byte 0xc3 not allowed"},
-		{"nul in host name", sni("a.example\x00.evil"), "server_name host_name", `"a.example\x00.evil"`},
+		{"non-ascii host name", sni("bücher.example"),
+			"server_name host_name", "byte 0xc3 not allowed"},
+		{"nul in host name", sni("a.example\x00.evil"),
+			"server_name host_name", `"a.example\x00.evil"`},
 		{"empty host name", sni(""), "server_name host_name", "empty host name"},
 		{"lone dot", sni("."), "server_name host_name", "empty host name"},
 		{"two trailing dots", sni("a.example.."), "server_name host_name", "empty label at index 10"},
@@ -513,8 +523,10 @@ func TestParseHelloMalformed(t *testing.T) {
 		{"name too long", sni(longName(4, 63)), "server_name host_name", "length 255 exceeds 253"},
 		{"label too long", sni(longName(1, 64)), "server_name host_name", "label longer than 63 bytes"},
 		{"long name quoted short", sni(strings.Repeat("a ", 200)), "server_name host_name", `a "...`},
-		{"empty alpn list", withExts(helloExt(16, []byte{0, 0})), "alpn extension", "empty protocol_name_list"},
-		{"empty alpn protocol", withExts(alpnExt("h2", "")), "alpn protocol_name", "empty protocol name"},
+		{"empty alpn list", withExts(helloExt(16, []byte{0, 0})),
+			"alpn extension", "empty protocol_name_list"},
+		{"empty alpn protocol", withExts(alpnExt("h2", "")),
+			"alpn protocol_name", "empty protocol name"},
 		{"bad alpn length", withExts(helloExt(16, []byte{0, 3, 5, 'h', '2'})),
 			"alpn protocol_name", "length 5 exceeds 2 remaining bytes"},
 	}
@@ -526,11 +538,13 @@ func TestParseHelloMalformed(t *testing.T) {
 			if !errors.Is(err, ErrMalformedHello) || !errors.As(err, &he) || h.Class != HelloMalformed {
 				t.Fatalf("got %v, err %v; want HelloMalformed", h.Class, err)
 			}
-			if msg := err.Error(); !strings.HasPrefix(msg, tt.field) || !strings.Contains(msg, tt.detail) {
+			msg := err.Error()
+			if !strings.HasPrefix(msg, tt.field) || !strings.Contains(msg, tt.detail) {
 				t.Errorf("err = %q, want %q ... %q", msg, tt.field, tt.detail)
 			}
 			if h.ServerName != nil || h.ALPN != nil || !bytes.Equal(h.Raw, tt.raw) {
-				t.Errorf("malformed hello kept ServerName %q ALPN %q, Raw %d bytes", h.ServerName, h.ALPN, len(h.Raw))
+				t.Errorf("malformed hello kept ServerName %q ALPN %q, Raw %d bytes",
+					h.ServerName, h.ALPN, len(h.Raw))
 			}
 			if len(err.Error()) > 200 {
 				t.Errorf("err is %d bytes long; wire strings must be cut short", len(err.Error()))
@@ -574,7 +588,8 @@ func TestHelloErrorOffset(t *testing.T) {
 				t.Fatalf("err = %v, want a *HelloError", err)
 			}
 			if he.Field != "server_name host_name" || he.Offset != tt.want {
-				t.Errorf("got %s at offset %d, want server_name host_name at %d", he.Field, he.Offset, tt.want)
+				t.Errorf("got %s at offset %d, want server_name host_name at %d",
+					he.Field, he.Offset, tt.want)
 			}
 			if tt.raw[he.Offset] != 't' {
 				t.Errorf("Raw[%d] = %q, want the first byte of the name", he.Offset, tt.raw[he.Offset])
@@ -596,12 +611,14 @@ func TestReadHelloTooLarge(t *testing.T) {
 	}{
 		{"bound below curl", curl, 300, 300},
 		{"endless records", helloRecords(huge, maxRecordPayload, maxRecordPayload), 0, DefaultMaxHello},
-		{"bound above buffer", helloRecords(huge, maxRecordPayload, maxRecordPayload), 1 << 20, DefaultMaxHello},
+		{"bound above buffer", helloRecords(huge, maxRecordPayload, maxRecordPayload),
+			1 << 20, DefaultMaxHello},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h, err := readTestHello(t, &helloTestConn{data: tt.raw, chunk: 1000}, tt.maxBytes)
-			if !errors.Is(err, ErrHelloTooLarge) || !strings.Contains(err.Error(), strconv.Itoa(tt.wantRaw)) {
+			bound := strconv.Itoa(tt.wantRaw)
+			if !errors.Is(err, ErrHelloTooLarge) || !strings.Contains(err.Error(), bound) {
 				t.Fatalf("err = %v, want ErrHelloTooLarge naming %d", err, tt.wantRaw)
 			}
 			if len(h.Raw) != tt.wantRaw {
@@ -626,7 +643,8 @@ func TestReadHelloUnexpectedEOF(t *testing.T) {
 	}{
 		{"nothing sent", nil, "after 0 bytes"},
 		{"record header only", []byte{0x16, 3, 1, 1, 0}, "after 5 bytes"},
-		{"truncated chromium", mustReadHello(t, "synthetic-truncated-mid-extensions.bin"), "after 1053 bytes"},
+		{"truncated chromium", mustReadHello(t, "synthetic-truncated-mid-extensions.bin"),
+			"after 1053 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
