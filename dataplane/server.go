@@ -43,11 +43,11 @@ const (
 // Server accepts steered connections and applies the policy to each. It is
 // safe for concurrent use; Serve may be called once per listener.
 type Server struct {
-	cfg Config
+	// cfg is replaced as a whole by Reload; each connection loads it once.
+	cfg atomic.Pointer[Config]
 	log *zap.Logger
 	// isLocal reports whether an address is the gateway's own.
 	isLocal func(netip.Addr) bool
-	dialer  net.Dialer
 	stats   Stats
 
 	mu        sync.Mutex
@@ -61,8 +61,36 @@ type Server struct {
 
 // NewServer returns a Server for cfg.
 func NewServer(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		log:       cfg.Logger,
+		isLocal:   newLocalAddrs().contains,
+		listeners: map[*net.TCPListener]struct{}{},
+		conns:     map[net.Conn]struct{}{},
+		ctx:       ctx,
+		cancel:    cancel,
+	}
+	s.cfg.Store(&cfg)
+	return s, nil
+}
+
+// Reload makes cfg apply to connections accepted from now on; connections
+// already established keep the configuration they started with. The
+// logger is not replaced.
+func (s *Server) Reload(cfg Config) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	s.cfg.Store(&cfg)
+	return nil
+}
+
+func (cfg *Config) setDefaults() error {
 	if cfg.Policy == nil {
-		return nil, errors.New("dataplane config has no policy")
+		return errors.New("dataplane config has no policy")
 	}
 	if cfg.HelloTimeout <= 0 {
 		cfg.HelloTimeout = DefaultHelloTimeout
@@ -76,17 +104,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		isLocal:   newLocalAddrs().contains,
-		dialer:    net.Dialer{Timeout: cfg.DialTimeout},
-		listeners: map[*net.TCPListener]struct{}{},
-		conns:     map[net.Conn]struct{}{},
-		ctx:       ctx,
-		cancel:    cancel,
-	}, nil
+	return nil
 }
 
 // Stats returns the server's counters.
@@ -190,7 +208,8 @@ type conn struct {
 	clientAddr netip.AddrPort
 	dst        netip.AddrPort
 	start      time.Time
-	class      HelloClass
+	result     HelloResult
+	reason     string
 	sni        string
 	action     Action
 	rule       int
@@ -200,6 +219,7 @@ type conn struct {
 
 func (s *Server) handle(c *net.TCPConn) {
 	defer s.untrack(c)
+	cfg := s.cfg.Load()
 	cn := &conn{
 		client:     c,
 		clientAddr: addrPort(c.RemoteAddr()),
@@ -207,8 +227,8 @@ func (s *Server) handle(c *net.TCPConn) {
 		start:      time.Now(),
 		rule:       -1,
 	}
-	s.serve(cn)
-	s.stats.count(cn)
+	s.serve(cn, cfg)
+	s.stats.finish(cn)
 	s.logConn(cn)
 }
 
@@ -220,12 +240,9 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// errLocalDestination refuses connections addressed to the gateway itself.
-var errLocalDestination = errors.New("destination is an address of the gateway")
-
-func (s *Server) serve(cn *conn) {
+func (s *Server) serve(cn *conn, cfg *Config) {
 	if s.isLocal(cn.dst.Addr()) {
-		cn.action, cn.err = ActionBlock, errLocalDestination
+		cn.action, cn.reason = ActionBlock, "destination is an address of the gateway"
 		reset(cn.client)
 		return
 	}
@@ -241,9 +258,10 @@ func (s *Server) serve(cn *conn) {
 	defer release()
 
 	var h Hello
-	cn.client.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
-	err := ReadHello(cn.client, buf, s.cfg.MaxHello, &h)
-	cn.class = h.Class
+	cn.client.SetReadDeadline(time.Now().Add(cfg.HelloTimeout))
+	err := ReadHello(cn.client, buf, cfg.MaxHello, &h)
+	cn.result = helloResult(h.Class, err)
+	s.stats.hellos[cn.result].Add(1)
 	if err != nil && h.Class != HelloMalformed {
 		// Nothing usable arrived: timeout, early close or too large.
 		cn.action, cn.err = ActionBlock, fmt.Errorf("read client hello: %w", err)
@@ -252,18 +270,22 @@ func (s *Server) serve(cn *conn) {
 	}
 	cn.client.SetReadDeadline(time.Time{})
 	if err != nil {
-		cn.err = err
+		// A malformed hello is a classification with a policy action,
+		// not a failure of the connection; the reason says what was wrong.
+		cn.reason = err.Error()
 	}
-	cn.decide(s.cfg.Policy, &h)
+	cn.decide(cfg.Policy, &h)
 
+	s.stats.active[cn.action].Add(1)
+	defer s.stats.active[cn.action].Add(-1)
 	switch cn.action {
 	case ActionSplice:
-		s.splice(cn, h.Raw, release)
+		s.splice(cn, cfg, h.Raw, release)
 	case ActionBump:
-		s.bump(cn, &h, release)
+		s.bump(cn, cfg, &h, release)
 	default:
-		if cn.err == nil {
-			cn.err = errors.New("blocked by policy")
+		if cn.reason == "" {
+			cn.reason = "blocked by policy"
 		}
 		reset(cn.client)
 	}
@@ -298,21 +320,23 @@ func reset(c *net.TCPConn) {
 	c.Close()
 }
 
-func (s *Server) dial(cn *conn) (*net.TCPConn, error) {
-	up, err := s.dialer.DialContext(s.ctx, "tcp", cn.dst.String())
+func (s *Server) dial(cn *conn, cfg *Config) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: cfg.DialTimeout}
+	up, err := d.DialContext(s.ctx, "tcp", cn.dst.String())
 	if err != nil {
+		s.stats.dialErrors.Add(1)
 		return nil, fmt.Errorf("dial original destination %s: %w", cn.dst, err)
 	}
 	return up.(*net.TCPConn), nil
 }
 
-func (s *Server) bump(cn *conn, h *Hello, release func()) {
-	if s.cfg.Bump == nil {
-		cn.action, cn.err = ActionBlock, errors.New("bump requested but no CA is configured")
+func (s *Server) bump(cn *conn, cfg *Config, h *Hello, release func()) {
+	if cfg.Bump == nil {
+		cn.err = errors.New("bump requested but no CA is configured")
 		reset(cn.client)
 		return
 	}
-	up, err := s.dial(cn)
+	up, err := s.dial(cn, cfg)
 	if err != nil {
 		cn.err = err
 		reset(cn.client)
@@ -329,7 +353,7 @@ func (s *Server) bump(cn *conn, h *Hello, release func()) {
 	release()
 
 	client := &replayConn{Conn: cn.client, pending: replay}
-	cn.up, cn.down, cn.err = s.cfg.Bump(s.ctx, client, up, sni, alpn)
+	cn.up, cn.down, cn.err = cfg.Bump(s.ctx, client, up, sni, alpn)
 }
 
 func (cn *conn) fields() []zap.Field {
@@ -342,8 +366,11 @@ func (cn *conn) fields() []zap.Field {
 		zap.Int64(keyBytesDown, cn.down),
 		zap.Duration(keyDuration, time.Since(cn.start)),
 	}
-	if cn.class != 0 {
-		fields = append(fields, zap.Stringer(keyHello, cn.class))
+	if cn.action != 0 || cn.err != nil {
+		fields = append(fields, zap.Stringer(keyHello, cn.result))
+	}
+	if cn.reason != "" {
+		fields = append(fields, zap.String(keyReason, cn.reason))
 	}
 	if cn.rule >= 0 {
 		fields = append(fields, zap.Int(keyRule, cn.rule))
@@ -366,6 +393,7 @@ const (
 	keyAction    = "action"
 	keyRule      = "rule"
 	keyHello     = "hello"
+	keyReason    = "reason"
 	keyBytesUp   = "bytes_up"
 	keyBytesDown = "bytes_down"
 	keyDuration  = "duration"

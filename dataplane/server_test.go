@@ -95,8 +95,9 @@ func TestServerRefusesLocalDestination(t *testing.T) {
 		}
 	}
 	m := waitConn(t, logs)
-	if m["action"] != "block" || !strings.Contains(m["error"].(string), "gateway") {
-		t.Errorf("log line %v, want action block naming the gateway", m)
+	if reason, _ := m["reason"].(string); m["action"] != "block" ||
+		!strings.Contains(reason, "gateway") {
+		t.Errorf("log line %v, want action block with a reason naming the gateway", m)
 	}
 }
 
@@ -120,8 +121,12 @@ func TestServerCutsSilentClient(t *testing.T) {
 		t.Errorf("silent client held for %v, want about the 200ms deadline", waited)
 	}
 	m := waitConn(t, logs)
-	if m["action"] != "block" || !strings.Contains(m["error"].(string), "timeout") {
-		t.Errorf("log line %v, want action block with a timeout error", m)
+	if e, _ := m["error"].(string); m["action"] != "block" || m["hello"] != "timeout" ||
+		!strings.Contains(e, "timeout") {
+		t.Errorf("log line %v, want action block, hello timeout and the error", m)
+	}
+	if n := s.Stats().Hellos(ResultTimeout); n != 1 {
+		t.Errorf("timeout counter = %d, want 1", n)
 	}
 }
 

@@ -10,8 +10,8 @@ import (
 
 // splice connects to the original destination, replays the bytes the
 // dataplane read, and then relays both directions.
-func (s *Server) splice(cn *conn, hello []byte, release func()) {
-	up, err := s.dial(cn)
+func (s *Server) splice(cn *conn, cfg *Config, hello []byte, release func()) {
+	up, err := s.dial(cn, cfg)
 	if err != nil {
 		cn.err = err
 		reset(cn.client)
