@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 
@@ -8,12 +10,22 @@ import (
 )
 
 func cmdCA(args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "init" {
-		return usageError{fmt.Errorf("ca: want a subcommand: init")}
+	if len(args) == 0 {
+		return usageError{errors.New("ca: want a subcommand: init or export")}
 	}
+	switch args[0] {
+	case "init":
+		return cmdCAInit(args[1:], stdout)
+	case "export":
+		return cmdCAExport(args[1:], stdout)
+	}
+	return usageError{fmt.Errorf("ca: unknown subcommand %q, want init or export", args[0])}
+}
+
+func cmdCAInit(args []string, stdout io.Writer) error {
 	fs := newFlagSet("ca init", stdout)
 	dir := fs.String("out", "/var/lib/snigate", "`directory` for ca.crt, ca.key and ca.der")
-	if err := parseFlags(fs, args[1:]); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	ca, err := gwtls.InitCA(*dir)
@@ -23,6 +35,34 @@ func cmdCA(args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "created CA %q in %s (valid until %s)\n",
 		ca.Cert.Subject.CommonName, *dir, ca.Cert.NotAfter.Format("2006-01-02"))
 	return nil
+}
+
+// cmdCAExport prints the CA certificate of the configuration, so that the
+// certificate clients import is always the one the daemon signs with.
+func cmdCAExport(args []string, stdout io.Writer) error {
+	fs := newFlagSet("ca export", stdout)
+	path := fs.String("config", defaultConfigPath, "configuration `file` naming the CA")
+	der := fs.Bool("der", false, "DER (binary) output, for Windows certificate import")
+	asPEM := fs.Bool("pem", false, "PEM output (the default)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *der && *asPEM {
+		return usageError{errors.New("ca export: --der and --pem exclude each other")}
+	}
+	cfg, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	ca, err := loadCA(cfg)
+	if err != nil {
+		return err
+	}
+	if *der {
+		_, err = stdout.Write(ca.Cert.Raw)
+		return err
+	}
+	return pem.Encode(stdout, &pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
 }
 
 func loadCA(cfg *Config) (*gwtls.CA, error) {

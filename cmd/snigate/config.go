@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/snigate/snigate/bpf"
@@ -29,6 +30,15 @@ type Config struct {
 	Policy   PolicySpec `yaml:"policy"`
 	Log      LogSpec    `yaml:"log"`
 	Shutdown Shutdown   `yaml:"shutdown"`
+	// Control is the unix socket that "snigate status" and "snigate
+	// reload" talk to.
+	Control string      `yaml:"control"`
+	Metrics MetricsSpec `yaml:"metrics"`
+}
+
+// MetricsSpec places the Prometheus endpoint; an empty Listen turns it off.
+type MetricsSpec struct {
+	Listen string `yaml:"listen"`
 }
 
 type Intercept struct {
@@ -48,6 +58,8 @@ type CAFiles struct {
 type Upstream struct {
 	Roots       []string `yaml:"roots"`
 	DialTimeout duration `yaml:"dial_timeout"`
+	// CertCache bounds the forged certificates kept in memory.
+	CertCache int `yaml:"cert_cache"`
 }
 
 type Hello struct {
@@ -88,8 +100,9 @@ func defaultConfig() Config {
 			addrPort(netip.MustParseAddrPort("127.0.0.1:15443")),
 			addrPort(netip.MustParseAddrPort("[::1]:15443")),
 		},
-		CA:       CAFiles{Cert: "/var/lib/snigate/ca.crt", Key: "/var/lib/snigate/ca.key"},
-		Upstream: Upstream{DialTimeout: duration(dataplane.DefaultDialTimeout)},
+		CA: CAFiles{Cert: "/var/lib/snigate/ca.crt", Key: "/var/lib/snigate/ca.key"},
+		Upstream: Upstream{DialTimeout: duration(dataplane.DefaultDialTimeout),
+			CertCache: 10000},
 		Hello: Hello{
 			Timeout:  duration(dataplane.DefaultHelloTimeout),
 			MaxBytes: dataplane.DefaultMaxHello,
@@ -107,6 +120,7 @@ func defaultConfig() Config {
 		},
 		Log:      LogSpec{Level: "info", Format: "auto"},
 		Shutdown: Shutdown{Drain: duration(5 * time.Second)},
+		Control:  defaultControlPath,
 	}
 }
 
@@ -157,6 +171,25 @@ func (c *Config) validate() error {
 	if c.Hello.MaxBytes < 512 || c.Hello.MaxBytes > dataplane.DefaultMaxHello {
 		return fmt.Errorf("hello.max_bytes: %d not in 512-%d", c.Hello.MaxBytes,
 			dataplane.DefaultMaxHello)
+	}
+	if c.Upstream.CertCache < 1 {
+		return fmt.Errorf("upstream.cert_cache: %d is not a positive count", c.Upstream.CertCache)
+	}
+	if _, err := zapcore.ParseLevel(c.Log.Level); err != nil {
+		return fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "auto", "json", "console", "journal":
+	default:
+		return fmt.Errorf("log.format: %q is not auto, json, console or journal", c.Log.Format)
+	}
+	if c.Metrics.Listen != "" {
+		if _, err := netip.ParseAddrPort(c.Metrics.Listen); err != nil {
+			return fmt.Errorf("metrics.listen: %q is not an address:port", c.Metrics.Listen)
+		}
+	}
+	if c.Control == "" || !strings.HasPrefix(c.Control, "/") {
+		return fmt.Errorf("control: %q is not an absolute socket path", c.Control)
 	}
 	if _, err := c.policy(); err != nil {
 		return fmt.Errorf("policy: %w", err)

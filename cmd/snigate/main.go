@@ -11,12 +11,19 @@ import (
 	"os"
 )
 
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
 const usage = `usage: snigate <command> [flags]
 
 commands:
-  run --config FILE      run the gateway
-  check --config FILE    validate a configuration file and exit
-  ca init --out DIR      create a new gateway CA (ca.crt, ca.key, ca.der)
+  run --config FILE         run the gateway
+  check --config FILE       validate a configuration file (and its CA) and exit
+  status [--json]           show the running daemon's attachments and counters
+  reload                    make the running daemon re-read its configuration
+  ca init --out DIR         create a new gateway CA (ca.crt, ca.key, ca.der)
+  ca export --pem|--der     print the gateway CA certificate for client trust stores
+  version                   print the version
 
 Run "snigate <command> --help" for a command's flags.
 `
@@ -39,6 +46,13 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		err = cmdCheck(args[1:], stdout)
 	case "ca":
 		err = cmdCA(args[1:], stdout)
+	case "status":
+		err = cmdStatus(args[1:], stdout)
+	case "reload":
+		err = cmdReload(args[1:], stdout)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "snigate %s\n", version)
+		return 0
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -85,7 +99,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 
 func cmdCheck(args []string, stdout io.Writer) error {
 	fs := newFlagSet("check", stdout)
-	path := fs.String("config", "/etc/snigate/snigate.yaml", "configuration `file` to validate")
+	path := fs.String("config", defaultConfigPath, "configuration `file` to validate")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -1,16 +1,22 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/coreos/go-systemd/v22/journal"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/term"
@@ -22,7 +28,7 @@ import (
 
 func cmdRun(args []string, stderr io.Writer) error {
 	fs := newFlagSet("run", stderr)
-	path := fs.String("config", "/etc/snigate/snigate.yaml", "configuration `file`")
+	path := fs.String("config", defaultConfigPath, "configuration `file`")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -30,23 +36,33 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	level := zap.NewAtomicLevel()
+	log, err := newLogger(cfg.Log, level, stderr)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
 
-	if err := run(cfg, log); err != nil {
+	g := &gateway{path: *path, cfg: cfg, log: log, level: level, started: time.Now()}
+	if err := g.run(); err != nil {
 		log.Error("exit", zap.Error(err))
 		return err
 	}
 	return nil
 }
 
-func newLogger(spec LogSpec, out io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(spec.Level)
-	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
+const defaultConfigPath = "/etc/snigate/snigate.yaml"
+
+// newLogger logs to the journal when stderr is connected to it (under
+// systemd), else JSON lines, or console text on a terminal.
+func newLogger(spec LogSpec, level zap.AtomicLevel, out io.Writer) (*zap.Logger, error) {
+	if err := setLevel(level, spec.Level); err != nil {
+		return nil, err
+	}
+	if spec.Format == "auto" || spec.Format == "journal" {
+		if ok, _ := journal.StderrIsJournalStream(); ok || spec.Format == "journal" {
+			return zap.New(newJournalCore(level)), nil
+		}
 	}
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
@@ -57,30 +73,55 @@ func newLogger(spec LogSpec, out io.Writer) (*zap.Logger, error) {
 		enc = zapcore.NewJSONEncoder(encCfg)
 	case "console":
 		enc = zapcore.NewConsoleEncoder(encCfg)
-	case "auto", "":
+	default:
 		if f, ok := out.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			enc = zapcore.NewConsoleEncoder(encCfg)
 		} else {
 			enc = zapcore.NewJSONEncoder(encCfg)
 		}
-	default:
-		return nil, fmt.Errorf("log.format: %q is not json, console or auto", spec.Format)
 	}
-	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(out)), level)
-	return zap.New(core), nil
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(out)), level)), nil
 }
 
-// gateway is the running daemon: listeners, dataplane and steering.
+func setLevel(level zap.AtomicLevel, name string) error {
+	l, err := zapcore.ParseLevel(name)
+	if err != nil {
+		return fmt.Errorf("log.level: %q is not debug, info, warn or error", name)
+	}
+	level.SetLevel(l)
+	return nil
+}
+
+// gateway is the running daemon: listeners, dataplane, bump path, steering,
+// and the control and metrics endpoints.
 type gateway struct {
-	cfg       *Config
-	log       *zap.Logger
+	path    string
+	cfg     *Config
+	log     *zap.Logger
+	level   zap.AtomicLevel
+	started time.Time
+
 	server    *dataplane.Server
 	listeners []*net.TCPListener
 	steering  *bpf.Steering
+	forger    atomic.Pointer[gwtls.Forger]
+	caRaw     []byte
+	bumpFails bumpFailures
+	control   *controlServer
+	metrics   *http.Server
+
+	reloadsOK      atomic.Uint64
+	reloadsRefused atomic.Uint64
+	lastReload     atomic.Pointer[reloadResult]
 }
 
-func run(cfg *Config, log *zap.Logger) error {
-	g := &gateway{cfg: cfg, log: log}
+type reloadResult struct {
+	At    time.Time
+	Error string
+}
+
+// run starts the gateway, serves until SIGINT or SIGTERM, and stops it.
+func (g *gateway) run() error {
 	if err := g.start(); err != nil {
 		g.stop()
 		return err
@@ -89,43 +130,81 @@ func run(cfg *Config, log *zap.Logger) error {
 	for _, l := range g.listeners {
 		go func() { serveErr <- g.server.Serve(l) }()
 	}
-	log.Info("started", zap.Strings("interfaces", cfg.Intercept.Interfaces),
-		zap.Any("attach", g.steering.Attachments()), zap.Uint16s("ports", cfg.ports()))
+	g.log.Info("started", zap.Strings("interfaces", g.cfg.Intercept.Interfaces),
+		zap.Any("attach", g.steering.Attachments()), zap.Uint16s("ports", g.cfg.ports()))
+	// READY only now: the programs are attached and the listeners accept.
+	notify(g.log, daemon.SdNotifyReady)
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sig)
-	var err error
-	select {
-	case s := <-sig:
-		log.Info("stopping", zap.Stringer("signal", s))
-	case err = <-serveErr:
-		err = fmt.Errorf("serve: %w", err)
-	}
+	err := g.loop(serveErr)
+	notify(g.log, daemon.SdNotifyStopping)
 	if stopErr := g.stop(); err == nil {
 		err = stopErr
 	}
 	return err
 }
 
+// loop is the daemon's main loop: signals, control requests and the
+// watchdog. The watchdog is pinged from here, after a health check, so a
+// wedged loop stops the pings and systemd restarts the daemon.
+func (g *gateway) loop(serveErr <-chan error) error {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
+
+	var watchdog <-chan time.Time
+	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
+		t := time.NewTicker(interval / 2)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				g.reload()
+				continue
+			}
+			g.log.Info("stopping", zap.Stringer("signal", s))
+			return nil
+		case req := <-g.control.requests:
+			req.reply <- g.handleControl(req.command)
+		case <-watchdog:
+			if err := g.healthy(); err != nil {
+				g.log.Error("health check failed; watchdog not pinged", zap.Error(err))
+				continue
+			}
+			notify(g.log, daemon.SdNotifyWatchdog)
+		case err := <-serveErr:
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+}
+
+// healthy checks that the parts the watchdog vouches for still answer.
+func (g *gateway) healthy() error {
+	if _, err := g.steering.Counters(); err != nil {
+		return err
+	}
+	for _, l := range g.listeners {
+		if _, err := l.SyscallConn(); err != nil {
+			return fmt.Errorf("listener %s: %w", l.Addr(), err)
+		}
+	}
+	return nil
+}
+
+func notify(log *zap.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("notify systemd", zap.String("state", state), zap.Error(err))
+	}
+}
+
 // start builds the dataplane, opens the listeners and only then attaches the
 // steering, so no client is ever steered to a socket that is not there yet.
 func (g *gateway) start() error {
-	policy, err := g.cfg.policy()
+	dcfg, err := g.dataplaneConfig(g.cfg)
 	if err != nil {
 		return err
-	}
-	dcfg := dataplane.Config{
-		Policy:       policy,
-		HelloTimeout: time.Duration(g.cfg.Hello.Timeout),
-		MaxHello:     g.cfg.Hello.MaxBytes,
-		DialTimeout:  time.Duration(g.cfg.Upstream.DialTimeout),
-		Logger:       g.log.Named("dataplane"),
-	}
-	if g.cfg.usesBump() {
-		if dcfg.Bump, err = g.bumper(); err != nil {
-			return err
-		}
 	}
 	if g.server, err = dataplane.NewServer(dcfg); err != nil {
 		return err
@@ -136,6 +215,12 @@ func (g *gateway) start() error {
 			return err
 		}
 		g.listeners = append(g.listeners, l)
+	}
+	if g.control, err = listenControl(g.cfg.Control, g.log); err != nil {
+		return err
+	}
+	if err := g.startMetrics(); err != nil {
+		return err
 	}
 
 	g.steering, err = bpf.Attach(bpf.Config{
@@ -157,25 +242,104 @@ func (g *gateway) start() error {
 	return nil
 }
 
-func (g *gateway) bumper() (dataplane.BumpFunc, error) {
-	ca, err := loadCA(g.cfg)
+// dataplaneConfig builds what the dataplane needs from cfg, loading the CA
+// and roots when the policy bumps.
+func (g *gateway) dataplaneConfig(cfg *Config) (dataplane.Config, error) {
+	policy, err := cfg.policy()
+	if err != nil {
+		return dataplane.Config{}, err
+	}
+	dcfg := dataplane.Config{
+		Policy:       policy,
+		HelloTimeout: time.Duration(cfg.Hello.Timeout),
+		MaxHello:     cfg.Hello.MaxBytes,
+		DialTimeout:  time.Duration(cfg.Upstream.DialTimeout),
+		Logger:       g.log.Named("dataplane"),
+	}
+	if cfg.usesBump() {
+		if dcfg.Bump, err = g.bumper(cfg); err != nil {
+			return dataplane.Config{}, err
+		}
+	}
+	return dcfg, nil
+}
+
+func (g *gateway) bumper(cfg *Config) (dataplane.BumpFunc, error) {
+	ca, err := loadCA(cfg)
 	if err != nil {
 		return nil, err
 	}
-	roots, err := gwtls.LoadRoots(g.cfg.Upstream.Roots)
+	roots, err := gwtls.LoadRoots(cfg.Upstream.Roots)
 	if err != nil {
 		return nil, err
 	}
-	forger, err := gwtls.NewForger(ca, 10000)
-	if err != nil {
-		return nil, err
+	// A reload with the same CA keeps the forged certificates cached.
+	forger := g.forger.Load()
+	if forger == nil || !bytes.Equal(g.caRaw, ca.Cert.Raw) {
+		if forger, err = gwtls.NewForger(ca, cfg.Upstream.CertCache); err != nil {
+			return nil, err
+		}
 	}
+	g.forger.Store(forger)
+	g.caRaw = ca.Cert.Raw
 	b := gwtls.NewBumper(gwtls.BumpConfig{Forger: forger, Roots: roots})
 	return func(ctx context.Context, client, upstream net.Conn, sni string,
 		alpn []string) (int64, int64, error) {
 		res, err := b.Bump(ctx, client, upstream, sni, alpn)
+		g.bumpFails.count(err)
 		return res.BytesUp, res.BytesDown, err
 	}, nil
+}
+
+// reload re-reads the configuration and the CA. New connections get the new
+// policy; established ones keep theirs, and the steering stays attached
+// throughout. A configuration that fails validation changes nothing.
+func (g *gateway) reload() error {
+	notify(g.log, daemon.SdNotifyReloading+"\n"+daemon.SdNotifyMonotonicUsec())
+	defer notify(g.log, daemon.SdNotifyReady)
+
+	err := g.applyReload()
+	res := &reloadResult{At: time.Now()}
+	if err != nil {
+		g.reloadsRefused.Add(1)
+		res.Error = err.Error()
+		g.log.Warn("reload refused; the running configuration stays", zap.Error(err))
+	} else {
+		g.reloadsOK.Add(1)
+		g.log.Info("reloaded", zap.String("config", g.path))
+	}
+	g.lastReload.Store(res)
+	return err
+}
+
+func (g *gateway) applyReload() error {
+	cfg, err := LoadConfig(g.path)
+	if err != nil {
+		return err
+	}
+	if !reflect.DeepEqual(cfg.Intercept, g.cfg.Intercept) ||
+		!reflect.DeepEqual(cfg.Listen, g.cfg.Listen) ||
+		cfg.Control != g.cfg.Control || cfg.Metrics != g.cfg.Metrics {
+		// LIMITATION: interfaces, ports, listeners, control and metrics
+		// addresses are fixed at start; a reload keeps the running ones
+		// and says so. Reattaching without a gap would lift this.
+		g.log.Warn("intercept, listen, control and metrics changes need a restart; " +
+			"the running ones stay")
+		cfg.Intercept, cfg.Listen = g.cfg.Intercept, g.cfg.Listen
+		cfg.Control, cfg.Metrics = g.cfg.Control, g.cfg.Metrics
+	}
+	dcfg, err := g.dataplaneConfig(cfg)
+	if err != nil {
+		return err
+	}
+	if err := setLevel(g.level, cfg.Log.Level); err != nil {
+		return err
+	}
+	if err := g.server.Reload(dcfg); err != nil {
+		return err
+	}
+	g.cfg = cfg
+	return nil
 }
 
 // stop detaches the steering first, so that new connections go straight out
@@ -200,8 +364,29 @@ func (g *gateway) stop() error {
 	for _, l := range g.listeners {
 		l.Close()
 	}
+	if g.control != nil {
+		g.control.close()
+	}
+	if g.metrics != nil {
+		g.metrics.Close()
+	}
 	if len(errs) == 0 {
 		g.log.Info("stopped")
 	}
 	return errors.Join(errs...)
+}
+
+// bumpFailures counts failed bumps by reason, for the metrics.
+type bumpFailures struct {
+	verify, other atomic.Uint64
+}
+
+func (b *bumpFailures) count(err error) {
+	switch {
+	case err == nil:
+	case errors.Is(err, gwtls.ErrUpstreamVerify):
+		b.verify.Add(1)
+	default:
+		b.other.Add(1)
+	}
 }

@@ -185,11 +185,14 @@ func inClient(t *testing.T, name string, args ...string) (stdout, stderr string,
 
 // daemon is one snigate process in the gateway namespace.
 type daemon struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs []map[string]any
-	raw  bytes.Buffer
-	done chan error
+	mode    string
+	cfgPath string
+	control string
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	logs    []map[string]any
+	raw     bytes.Buffer
+	done    chan error
 }
 
 // startDaemon writes a config with the given attach mode and extra YAML,
@@ -197,10 +200,19 @@ type daemon struct {
 // with SIGTERM and fails the test unless it exits 0.
 func startDaemon(t *testing.T, mode string, policy string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, mode, policy, nil)
+}
+
+// metricsAddr is where the daemon under test serves metrics, inside the
+// gateway namespace.
+const metricsAddr = "127.0.0.1:9464"
+
+// daemonConfig is the configuration file the tests run snigate with.
+func daemonConfig(mode, policy, control string) string {
 	if policy == "" {
 		policy = defaultPolicy
 	}
-	cfg := fmt.Sprintf(`intercept:
+	return fmt.Sprintf(`intercept:
   interfaces: [lan0]
   ports: [443]
   attach: %s
@@ -217,15 +229,24 @@ log:
   format: json
 shutdown:
   drain: 2s
+control: %s
+metrics:
+  listen: %s
 %s`, mode, lab.gwCA, filepath.Join(filepath.Dir(lab.gwCA), "ca.key"),
-		filepath.Join(lab.labDir, "root.crt"), policy)
-	path := filepath.Join(t.TempDir(), "snigate.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
+		filepath.Join(lab.labDir, "root.crt"), control, metricsAddr, policy)
+}
 
-	d := &daemon{done: make(chan error, 1)}
-	d.cmd = exec.Command("ip", "netns", "exec", nsGateway, lab.snigate, "run", "--config", path)
+// startDaemonEnv starts snigate with extra environment variables.
+func startDaemonEnv(t *testing.T, mode, policy string, env []string) *daemon {
+	t.Helper()
+	dir := t.TempDir()
+	d := &daemon{mode: mode, done: make(chan error, 1),
+		cfgPath: filepath.Join(dir, "snigate.yaml"),
+		control: filepath.Join(dir, "control.sock")}
+	d.writeConfig(t, policy)
+	d.cmd = exec.Command("ip", "netns", "exec", nsGateway, lab.snigate, "run",
+		"--config", d.cfgPath)
+	d.cmd.Env = append(os.Environ(), env...)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -247,6 +268,15 @@ shutdown:
 	}
 	t.Cleanup(func() { d.stop(t) })
 	return d
+}
+
+// writeConfig (re)writes the daemon's configuration file with policy.
+func (d *daemon) writeConfig(t *testing.T, policy string) {
+	t.Helper()
+	cfg := daemonConfig(d.mode, policy, d.control)
+	if err := os.WriteFile(d.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 const defaultPolicy = `policy:
