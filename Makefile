@@ -5,7 +5,7 @@ GO       ?= go
 BIN      := bin
 SNIGATE  := $(BIN)/snigate
 LABSERVER := $(BIN)/labserver
-RUNTIME_PKGS := iproute2 curl openssl ca-certificates
+RUNTIME_PKGS := iproute2 curl openssl ca-certificates systemd
 GENERATE_PKGS := clang llvm libbpf-dev linux-libc-dev
 
 .PHONY: all build deps deps-generate generate test unit e2e demo lab-down clean
@@ -32,8 +32,10 @@ deps-generate:
 generate: deps-generate
 	$(GO) generate ./bpf/
 
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
 build:
-	$(GO) build -o $(SNIGATE) ./cmd/snigate
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(SNIGATE) ./cmd/snigate
 	$(GO) build -o $(LABSERVER) ./scripts/labserver
 
 # All tests: unit tests and the end-to-end lab tests (root, network namespaces).

@@ -827,3 +827,39 @@ func BenchmarkParseHello(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkHelloPeek compares ParseHello with the common alternative of
+// peeking through crypto/tls: a tls.Server handshake over a replay of the
+// bytes, stopped in GetConfigForClient. The crypto_tls runs also time the
+// same number of ParseHello calls and report the ratio as x_parse.
+func BenchmarkHelloPeek(b *testing.B) {
+	for _, file := range []string{"openssl-tls12.bin", "chromium.bin", "go-default.bin"} {
+		raw := mustReadHello(b, file)
+		b.Run(file+"/snigate", func(b *testing.B) {
+			var h Hello
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := ParseHello(raw, nil, &h); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(file+"/crypto_tls", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if cryptoTLSHello(raw) == nil {
+					b.Fatal("crypto/tls refused the hello")
+				}
+			}
+			b.StopTimer()
+			perPeek := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			var h Hello
+			start := time.Now()
+			for range b.N {
+				ParseHello(raw, nil, &h)
+			}
+			perParse := float64(time.Since(start).Nanoseconds()) / float64(b.N)
+			b.ReportMetric(perPeek/perParse, "x_parse")
+		})
+	}
+}

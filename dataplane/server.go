@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // BumpFunc terminates TLS on client with a forged certificate and relays to
@@ -247,6 +248,16 @@ func (s *Server) serve(cn *conn, cfg *Config) {
 		return
 	}
 
+	cn.client.SetReadDeadline(time.Now().Add(cfg.HelloTimeout))
+	// A silent client waits here without a hello buffer: thousands of
+	// them cost sockets and goroutines, not 16 KiB each.
+	if err := waitReadable(cn.client); err != nil {
+		cn.result = helloResult(0, err)
+		s.stats.hellos[cn.result].Add(1)
+		cn.action, cn.err = ActionBlock, fmt.Errorf("wait for client hello: %w", err)
+		reset(cn.client)
+		return
+	}
 	buf := GetHelloBuffer()
 	released := false
 	release := func() {
@@ -258,7 +269,6 @@ func (s *Server) serve(cn *conn, cfg *Config) {
 	defer release()
 
 	var h Hello
-	cn.client.SetReadDeadline(time.Now().Add(cfg.HelloTimeout))
 	err := ReadHello(cn.client, buf, cfg.MaxHello, &h)
 	cn.result = helloResult(h.Class, err)
 	s.stats.hellos[cn.result].Add(1)
@@ -311,6 +321,22 @@ func normalizeName(b []byte) string {
 		out[i] = c
 	}
 	return string(out)
+}
+
+// waitReadable returns when c has bytes (or an end of stream) to read, or
+// with the read deadline's error, without consuming anything.
+func waitReadable(c *net.TCPConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var b [1]byte
+	return raw.Read(func(fd uintptr) bool {
+		// The poller is edge-triggered and forgets a readiness nobody
+		// tried to read, so each round must look at the socket itself.
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return err != unix.EAGAIN && err != unix.EINTR
+	})
 }
 
 // reset closes c with an RST rather than a FIN, so the client fails at once
