@@ -11,15 +11,18 @@ import (
 
 func cmdCA(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return usageError{errors.New("ca: want a subcommand: init or export")}
+		return usageError{errors.New("ca: want a subcommand: init, import or export")}
 	}
 	switch args[0] {
 	case "init":
 		return cmdCAInit(args[1:], stdout)
 	case "export":
 		return cmdCAExport(args[1:], stdout)
+	case "import":
+		return cmdCAImport(args[1:], stdout)
 	}
-	return usageError{fmt.Errorf("ca: unknown subcommand %q, want init or export", args[0])}
+	return usageError{fmt.Errorf("ca: unknown subcommand %q, want init, import or export",
+		args[0])}
 }
 
 func cmdCAInit(args []string, stdout io.Writer) error {
@@ -33,6 +36,34 @@ func cmdCAInit(args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "created CA %q in %s (valid until %s)\n",
+		ca.Cert.Subject.CommonName, *dir, ca.Cert.NotAfter.Format("2006-01-02"))
+	return nil
+}
+
+// cmdCAImport takes over an existing CA, checking it as the daemon would,
+// and writes it in snigate's layout.
+func cmdCAImport(args []string, stdout io.Writer) error {
+	fs := newFlagSet("ca import", stdout)
+	cert := fs.String("cert", "", "PEM `file` with the CA certificate (may also hold the key)")
+	key := fs.String("key", "", "PEM `file` with the CA key (default: the --cert file)")
+	dir := fs.String("out", "/var/lib/snigate", "`directory` for ca.crt, ca.key and ca.der")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *cert == "" {
+		return usageError{errors.New("ca import: --cert is required")}
+	}
+	if *key == "" {
+		*key = *cert
+	}
+	ca, err := gwtls.LoadCA(*cert, *key)
+	if err != nil {
+		return err
+	}
+	if err := gwtls.WriteCA(ca, *dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "imported CA %q into %s (valid until %s)\n",
 		ca.Cert.Subject.CommonName, *dir, ca.Cert.NotAfter.Format("2006-01-02"))
 	return nil
 }

@@ -22,6 +22,7 @@ commands:
   status [--json]           show the running daemon's attachments and counters
   reload                    make the running daemon re-read its configuration
   ca init --out DIR         create a new gateway CA (ca.crt, ca.key, ca.der)
+  ca import --cert FILE     take over an existing CA (e.g. Squid's key+cert PEM)
   ca export --pem|--der     print the gateway CA certificate for client trust stores
   version                   print the version
 
