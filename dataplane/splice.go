@@ -46,9 +46,14 @@ func relay(client, upstream *net.TCPConn) (up, down int64, err error) {
 		once     sync.Once
 		firstErr error
 	)
+	// fail closes both sides. A side closed from outside (shutdown after
+	// the drain time) shows up as net.ErrClosed: it still ends the other
+	// direction, which may be waiting on a silent peer, but is no error.
 	fail := func(e error) {
 		once.Do(func() {
-			firstErr = e
+			if !errors.Is(e, net.ErrClosed) {
+				firstErr = e
+			}
 			client.Close()
 			upstream.Close()
 		})
@@ -69,9 +74,7 @@ func relay(client, upstream *net.TCPConn) (up, down int64, err error) {
 func pipe(src, dst *net.TCPConn, dir string, fail func(error)) int64 {
 	n, err := dst.ReadFrom(src)
 	if err != nil {
-		if !errors.Is(err, net.ErrClosed) {
-			fail(fmt.Errorf("relay %s: %w", dir, err))
-		}
+		fail(fmt.Errorf("relay %s: %w", dir, err))
 		return n
 	}
 	if err := dst.CloseWrite(); err != nil && !peerGone(err) {

@@ -342,17 +342,12 @@ func (g *gateway) applyReload() error {
 	return nil
 }
 
-// stop detaches the steering first, so that new connections go straight out
-// while the dataplane drains, then closes the listeners and waits for
-// established connections up to the drain time.
+// stop closes the listeners first: the kernel then drops them from the
+// sockmap, so new connections go straight out while established ones drain.
+// The steering stays attached during the drain, because the program is what
+// keeps delivering an established flow's packets to its socket here; once
+// the connections are gone it is detached and the routing removed.
 func (g *gateway) stop() error {
-	var errs []error
-	if g.steering != nil {
-		if err := g.steering.Close(); err != nil {
-			errs = append(errs, err)
-		}
-		g.steering = nil
-	}
 	if g.server != nil {
 		ctx, cancel := context.WithTimeout(context.Background(),
 			time.Duration(g.cfg.Shutdown.Drain))
@@ -363,6 +358,13 @@ func (g *gateway) stop() error {
 	}
 	for _, l := range g.listeners {
 		l.Close()
+	}
+	var errs []error
+	if g.steering != nil {
+		if err := g.steering.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		g.steering = nil
 	}
 	if g.control != nil {
 		g.control.close()

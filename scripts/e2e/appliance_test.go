@@ -259,3 +259,36 @@ func TestMetrics(t *testing.T) {
 		t.Log(fmt.Sprint(m))
 	}
 }
+
+// SIGTERM stops accepting at once (new connections go straight out), lets
+// established connections run for the drain time, then closes them and
+// exits 0 with nothing left behind.
+func TestShutdownDrains(t *testing.T) {
+	d := startDaemon(t, "auto", "")
+	_, spliced := wsDial(t, clientHTTP(tunnelV4, lab.labRoot), "wss://tunnel.cloudproxy.app/ws")
+	spliced("before SIGTERM")
+	start := time.Now()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.waitLog(t, "stopping")
+	// Draining: the tunnel still works and a new connection goes direct.
+	spliced("while draining")
+	w, _ := getWhoami(t, clientHTTP(tunnelV4, lab.labRoot), "https://tunnel.cloudproxy.app/whoami")
+	if host, _, _ := net.SplitHostPort(w.Remote); host != clientV4 {
+		t.Errorf("a connection during the drain reached the server from %s, want the client", w.Remote)
+	}
+	d.exited = true
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Fatalf("snigate exited with %v after SIGTERM", err)
+		}
+	case <-time.After(10 * time.Second):
+		d.cmd.Process.Kill()
+		t.Fatal("snigate did not exit within 10s of SIGTERM")
+	}
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("snigate exited after %v, before the 2s drain time", took)
+	}
+	d.waitLog(t, "drain")
+	assertNothingLeft(t)
+}

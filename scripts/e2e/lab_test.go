@@ -193,6 +193,8 @@ type daemon struct {
 	logs    []map[string]any
 	raw     bytes.Buffer
 	done    chan error
+	// exited is set once the test has collected the process's end.
+	exited bool
 }
 
 // startDaemon writes a config with the given attach mode and extra YAML,
@@ -317,9 +319,10 @@ func (d *daemon) output() string {
 // stop sends SIGTERM and requires a clean exit within the drain time.
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
-	if d.cmd.ProcessState != nil {
+	if d.exited {
 		return
 	}
+	d.exited = true
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-d.done:
@@ -336,6 +339,7 @@ func (d *daemon) stop(t *testing.T) {
 // kill ends the daemon with SIGKILL, as a crash would.
 func (d *daemon) kill(t *testing.T) {
 	t.Helper()
+	d.exited = true
 	d.cmd.Process.Kill()
 	<-d.done
 }
@@ -358,6 +362,24 @@ func (d *daemon) connLog(t *testing.T, want map[string]string) map[string]any {
 	}
 	t.Fatalf("no connection log line with %v\n%s", want, d.output())
 	return nil
+}
+
+// waitLog waits for a log line with the given message.
+func (d *daemon) waitLog(t *testing.T, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		d.mu.Lock()
+		for _, m := range d.logs {
+			if m["msg"] == msg {
+				d.mu.Unlock()
+				return
+			}
+		}
+		d.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no %q log line\n%s", msg, d.output())
 }
 
 // noConnLog fails if the dataplane logged a connection to dst.
