@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -89,5 +92,53 @@ func TestSilentClients(t *testing.T) {
 	m := d.connLog(t, map[string]string{"hello": "timeout", "action": "block"})
 	if e, _ := m["error"].(string); !strings.Contains(e, "timeout") {
 		t.Errorf("log line error %q does not name the timeout", e)
+	}
+}
+
+// The splice path replays every byte the dataplane read: the hello's
+// records exactly as framed, and anything the client sent after them. The
+// lab's plain echo server on 198.19.1.5:443 sends it all back.
+func TestSpliceReplaysRawBytes(t *testing.T) {
+	d := startDaemon(t, "auto", "")
+	for _, tt := range []struct {
+		file    string
+		oneByte bool
+	}{
+		{"curl.bin", false},
+		{"synthetic-record-split-3.bin", true},
+	} {
+		t.Run(tt.file, func(t *testing.T) {
+			hello, err := os.ReadFile(filepath.Join(lab.root, "dataplane/testdata/hellos", tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent := append(append([]byte(nil), hello...), "EARLY-DATA"...)
+			c, err := clientDial(context.Background(), "tcp", hostIP(echoV4, "443"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if tt.oneByte {
+				c.(*net.TCPConn).SetNoDelay(true)
+				for i := range sent {
+					if _, err := c.Write(sent[i : i+1]); err != nil {
+						t.Fatal(err)
+					}
+				}
+			} else if _, err := c.Write(sent); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(sent))
+			if _, err := io.ReadFull(c, got); err != nil {
+				t.Fatalf("read the echo: %v", err)
+			}
+			if !bytes.Equal(got, sent) {
+				t.Fatalf("echo differs from what the client sent (%d bytes)", len(sent))
+			}
+			c.Close()
+			d.connLog(t, map[string]string{"dst": hostIP(echoV4, "443"), "action": "splice",
+				"sni": "tunnel.cloudproxy.app", "bytes_up": strconv.Itoa(len(sent))})
+		})
 	}
 }

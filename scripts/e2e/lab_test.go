@@ -36,6 +36,7 @@ const (
 	webV4    = "198.19.1.3"
 	webV6    = "2001:2:0:2::3"
 	badV4    = "198.19.1.4"
+	echoV4   = "198.19.1.5" // plain TCP echo on 443
 	clientV4 = "198.18.1.2"
 	gwWANV4  = "198.19.1.1"
 	gwWANV6  = "2001:2:0:2::1"
