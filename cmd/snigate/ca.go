@@ -14,6 +14,10 @@ func cmdCA(args []string, stdout io.Writer) error {
 		return usageError{errors.New("ca: want a subcommand: init, import or export")}
 	}
 	switch args[0] {
+	case "-h", "-help", "--help":
+		fmt.Fprint(stdout, "usage: snigate ca init|import|export [flags]; "+
+			"\"snigate ca <subcommand> --help\" lists a subcommand's flags\n")
+		return nil
 	case "init":
 		return cmdCAInit(args[1:], stdout)
 	case "export":

@@ -173,3 +173,28 @@ func TestCAInitCommand(t *testing.T) {
 		t.Errorf("unknown command exited %d, want 2", code)
 	}
 }
+
+// Every command answers --help with its flags and exit code 0.
+func TestHelpEverywhere(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"run", "--help"}, {"check", "--help"},
+		{"status", "--help"}, {"reload", "--help"}, {"ca", "init", "--help"},
+		{"ca", "import", "--help"}, {"ca", "export", "--help"}, {"ca", "--help"},
+		{"version"}} {
+		var out, errOut bytes.Buffer
+		if code := dispatch(args, &out, &errOut); code != 0 {
+			t.Errorf("snigate %v exited %d: %s", args, code, errOut.String())
+		}
+		if out.Len()+errOut.Len() == 0 {
+			t.Errorf("snigate %v printed nothing", args)
+		}
+	}
+}
+
+func TestStatusWithoutDaemon(t *testing.T) {
+	var out, errOut bytes.Buffer
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	if code := dispatch([]string{"status", "--control", sock}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "not running") {
+		t.Errorf("status without a daemon: exit %d, %q", code, errOut.String())
+	}
+}
