@@ -6,17 +6,15 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"sync"
-	"syscall"
 	"time"
 )
 
 // ErrUpstreamVerify is wrapped by Bump's error when the upstream server's
-// certificate fails verification; the client was then refused with an alert
-// and shown no certificate.
+// certificate fails verification. The client was then never shown a
+// certificate from the gateway CA: it got an alert (VerifyReject) or one
+// from the untrusted CA (VerifyMimic).
 var ErrUpstreamVerify = errors.New("upstream certificate verification failed")
 
 // errRefused makes crypto/tls abort a client handshake with an alert.
@@ -24,6 +22,43 @@ var errRefused = errors.New("refused: upstream not verified")
 
 // defaultHandshakeTimeout applies when BumpConfig.HandshakeTimeout is 0.
 const defaultHandshakeTimeout = 10 * time.Second
+
+// VerifyFailureMode says what a client is shown when the upstream server's
+// certificate fails verification.
+type VerifyFailureMode int
+
+const (
+	// VerifyReject aborts the client's handshake with an alert: the client
+	// sees a bare connection failure and no certificate.
+	VerifyReject VerifyFailureMode = iota
+	// VerifyMimic completes the client's handshake with a certificate for
+	// the name from the Forger's untrusted CA, then closes the connection
+	// without contacting the upstream further. A browser thus shows its own
+	// certificate error page rather than a connection failure.
+	VerifyMimic
+)
+
+// String returns the mode's configuration name.
+func (m VerifyFailureMode) String() string {
+	switch m {
+	case VerifyReject:
+		return "reject"
+	case VerifyMimic:
+		return "mimic"
+	}
+	return fmt.Sprintf("VerifyFailureMode(%d)", int(m))
+}
+
+// ParseVerifyFailureMode returns the mode named s: "reject" or "mimic".
+func ParseVerifyFailureMode(s string) (VerifyFailureMode, error) {
+	switch s {
+	case "reject":
+		return VerifyReject, nil
+	case "mimic":
+		return VerifyMimic, nil
+	}
+	return 0, fmt.Errorf("verify failure mode %s is not reject or mimic", quoteWire(s))
+}
 
 // BumpConfig configures a Bumper.
 type BumpConfig struct {
@@ -33,24 +68,40 @@ type BumpConfig struct {
 	Roots *x509.CertPool
 	// HandshakeTimeout bounds each of the two handshakes; 0 means 10s.
 	HandshakeTimeout time.Duration
+	// VerifyFailure says what the client sees when the upstream fails
+	// verification; the zero value is VerifyReject.
+	VerifyFailure VerifyFailureMode
 }
 
 // Bumper terminates a client's TLS with a forged certificate after
 // verifying the real upstream server, and relays the plaintext between
-// them. A Bumper is safe for concurrent use.
+// them, as HTTP where it is HTTP. A Bumper is safe for concurrent use.
 type Bumper struct {
 	cfg BumpConfig
+	// upstreamHTTP makes the per-connection HTTP clients; see
+	// newUpstreamTransports.
+	upstreamHTTP upstreamTransports
 }
 
 // BumpResult describes one bumped connection.
 type BumpResult struct {
-	// BytesUp and BytesDown count plaintext relayed from client to
-	// upstream and from upstream to client.
+	// BytesUp and BytesDown count plaintext read from the client and
+	// written to it. When the plaintext is relayed raw they are also the
+	// bytes written to and read from the upstream; served as HTTP, they
+	// include the client's HTTP framing.
 	BytesUp, BytesDown int64
 	// ALPN is the application protocol both sides agreed on, or "".
 	ALPN string
-	// Forged reports whether a forged certificate was made for the client.
+	// Forged reports whether a certificate from the gateway CA was made
+	// for the client.
 	Forged bool
+	// HTTP reports whether the plaintext was served as HTTP, request by
+	// request, rather than relayed as raw bytes.
+	HTTP bool
+	// Mimicked reports whether the client, after the upstream failed
+	// verification under VerifyMimic, was sent a certificate from the
+	// untrusted CA.
+	Mimicked bool
 }
 
 // NewBumper returns a Bumper using cfg.
@@ -58,7 +109,7 @@ func NewBumper(cfg BumpConfig) *Bumper {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = defaultHandshakeTimeout
 	}
-	return &Bumper{cfg: cfg}
+	return &Bumper{cfg: cfg, upstreamHTTP: newUpstreamTransports()}
 }
 
 // Bump bumps one connection and returns when it is over. client must yield
@@ -69,16 +120,24 @@ func NewBumper(cfg BumpConfig) *Bumper {
 // ALPN list, possibly nil.
 //
 // The upstream handshake and its verification complete before the client
-// is shown any certificate. If they fail, the client's handshake is aborted
-// with an alert and the error wraps ErrUpstreamVerify (certificate
-// rejected) or describes the handshake failure. Otherwise the client gets a
-// forged certificate and the upstream's ALPN choice, and plaintext is
-// relayed both ways, with half-closes passed on, until both directions end.
+// is shown any certificate. If the upstream certificate is rejected, the
+// error wraps ErrUpstreamVerify and the client gets what
+// BumpConfig.VerifyFailure says; if the handshake fails otherwise, the
+// client gets an alert. If all is well, the client gets a forged
+// certificate and the upstream's ALPN choice.
 //
-// Bump closes client and upstream before it returns. Cancelling ctx closes
-// them at once and ends Bump with ctx's error.
+// The plaintext is then served as HTTP when the protocol is "h2" or
+// "http/1.1", or when none was agreed and the client's first bytes are an
+// HTTP/1.x request line: each request goes upstream on this connection's
+// upstream, with opts applied. Anything else is relayed raw both ways,
+// with half-closes passed on, until both directions end.
+//
+// Bump closes client and upstream before it returns, and makes no
+// OnRequest call after. Cancelling ctx closes them at once and ends Bump
+// with ctx's error.
 func (b *Bumper) Bump(
 	ctx context.Context, client, upstream net.Conn, serverName string, alpn []string,
+	opts BumpOptions,
 ) (BumpResult, error) {
 	defer client.Close()
 	defer upstream.Close()
@@ -90,53 +149,136 @@ func (b *Bumper) Bump(
 	})
 	defer stop()
 
-	// The order is the security property: a certificate forged before the
-	// real one verified would lend the gateway CA's trust to whoever answers
-	// on the upstream path, so a failure here must end in an alert only.
+	// The order is the security property: a certificate from the gateway
+	// CA made before the real one verified would lend its trust to whoever
+	// answers on the upstream path, so a failure here never gets one.
 	target := describeTarget(serverName, upstream)
-	up, cert, err := b.verifyAndForge(ctx, upstream, serverName, alpn)
+	name, err := upstreamName(upstream, serverName)
+	var up *tls.Conn
+	var certs certPicker
+	if err == nil {
+		up, certs, err = b.verifyAndForge(ctx, upstream, name, alpn)
+	}
 	if err != nil {
-		b.refuseClient(ctx, client)
-		return BumpResult{}, fmt.Errorf("bump %s: %w", target, ctxErr(ctx, err))
+		res := b.answerFailure(ctx, client, upstream, name, err)
+		return res, fmt.Errorf("bump %s: %w", target, ctxErr(ctx, err))
 	}
 
 	res := BumpResult{Forged: true}
 	proto := up.ConnectionState().NegotiatedProtocol
-	down, err := b.serveClient(ctx, client, cert, proto)
+	down, err := b.serveClient(ctx, client, certs, proto)
 	if err != nil {
 		return res, fmt.Errorf("bump %s: client handshake: %w", target, ctxErr(ctx, err))
 	}
 	res.ALPN = down.ConnectionState().NegotiatedProtocol
 
-	res.BytesUp, res.BytesDown, err = relay(down, up)
+	err = b.plaintext(ctx, &res, down, up, name, opts)
 	if err != nil {
 		return res, fmt.Errorf("bump %s: %w", target, ctxErr(ctx, err))
 	}
 	return res, nil
 }
 
-// verifyAndForge completes and verifies the upstream handshake, then forges
-// the client's certificate from the verified upstream leaf.
+// plaintext moves the plaintext of a bumped connection to name, as HTTP
+// where it is HTTP, and fills in res's byte counts.
+func (b *Bumper) plaintext(
+	ctx context.Context, res *BumpResult, down, up *tls.Conn, name string, opts BumpOptions,
+) error {
+	var client plainConn = down
+	switch res.ALPN {
+	case "h2", "http/1.1":
+		res.HTTP = true
+	case "":
+		client, res.HTTP = sniffHTTP1(down)
+	}
+	if !res.HTTP {
+		var err error
+		res.BytesUp, res.BytesDown, err = relay(client, up)
+		return err
+	}
+
+	proto := res.ALPN
+	if proto == "" {
+		proto = "http/1.1"
+	}
+	counted := &countedConn{plainConn: client}
+	err := b.serveHTTP(ctx, counted, up, proto, name, opts)
+	res.BytesUp, res.BytesDown = counted.read.Load(), counted.written.Load()
+	return err
+}
+
+// verifyAndForge completes and verifies the upstream handshake for name,
+// and returns the picker that forges the client's certificate from the
+// verified upstream leaf.
 func (b *Bumper) verifyAndForge(
-	ctx context.Context, upstream net.Conn, serverName string, alpn []string,
-) (*tls.Conn, *tls.Certificate, error) {
+	ctx context.Context, upstream net.Conn, name string, alpn []string,
+) (*tls.Conn, certPicker, error) {
 	if b.cfg.Forger == nil {
 		return nil, nil, errors.New("no forger configured")
 	}
-	name, err := upstreamName(upstream, serverName)
-	if err != nil {
-		return nil, nil, err
-	}
-
 	up, err := b.handshakeUpstream(ctx, upstream, name, alpn)
 	if err != nil {
 		return nil, nil, err
 	}
-	cert, err := b.cfg.Forger.Certificate(name, up.ConnectionState().PeerCertificates[0])
+
+	leaf := up.ConnectionState().PeerCertificates[0]
+	return up, func(kt KeyType) (*tls.Certificate, error) {
+		return b.cfg.Forger.Certificate(name, leaf, kt)
+	}, nil
+}
+
+// certPicker forges (or finds in the cache) the certificate of a key type.
+type certPicker func(KeyType) (*tls.Certificate, error)
+
+// forClient picks the certificate once the client's hello is known: the
+// ECDSA one for every client that can use it, and the RSA one only for a
+// client that offers no ECDSA signature scheme or suite. Forging lazily
+// means a new name costs one forgery, not one per key type.
+func (pick certPicker) forClient(chi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	cert, err := pick(KeyECDSA)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return up, cert, nil
+	if chi.SupportsCertificate(cert) == nil {
+		return cert, nil
+	}
+	return pick(KeyRSA)
+}
+
+// answerFailure answers the client after the upstream side failed with
+// err: with an untrusted certificate for name if err is a verification
+// failure and the mode is VerifyMimic, otherwise, or if that cannot be
+// made, with an alert.
+func (b *Bumper) answerFailure(
+	ctx context.Context, client, upstream net.Conn, name string, err error,
+) BumpResult {
+	if b.cfg.VerifyFailure == VerifyMimic && errors.Is(err, ErrUpstreamVerify) {
+		// Nothing more goes to a server that failed verification.
+		upstream.Close()
+		if b.mimicClient(ctx, client, name) {
+			return BumpResult{Mimicked: true}
+		}
+	}
+	b.refuseClient(ctx, client)
+	return BumpResult{}
+}
+
+// mimicClient shows the client a certificate for name from the untrusted
+// CA and reports whether it could be made. The handshake fails when the
+// client rejects the certificate, as it should; if the client accepts it
+// anyway, the connection is closed all the same.
+func (b *Bumper) mimicClient(ctx context.Context, client net.Conn, name string) bool {
+	certs := certPicker(func(kt KeyType) (*tls.Certificate, error) {
+		return b.cfg.Forger.UntrustedCertificate(name, kt)
+	})
+	// Forge before the handshake so that a failure answers with an alert.
+	if _, err := certs(KeyECDSA); err != nil {
+		return false
+	}
+	if down, err := b.serveClient(ctx, client, certs, ""); err == nil {
+		down.Close()
+	}
+	return true
 }
 
 // handshakeUpstream runs the TLS client handshake on conn, verifying the
@@ -192,17 +334,15 @@ func (b *Bumper) refuseClient(ctx context.Context, conn net.Conn) {
 	_ = tls.Server(conn, cfg).HandshakeContext(hctx)
 }
 
-// serveClient completes the client's handshake with cert. The client is
-// offered only the protocol the upstream chose, so both legs speak the same
-// one: the relay copies bytes and cannot translate between HTTP versions.
+// serveClient completes the client's handshake with a certificate from
+// certs. The
+// client is offered only the protocol the upstream chose, so both legs
+// speak the same one: the raw relay copies bytes, and the HTTP proxy
+// forwards each request on the same HTTP version.
 func (b *Bumper) serveClient(
-	ctx context.Context, conn net.Conn, cert *tls.Certificate, proto string,
+	ctx context.Context, conn net.Conn, certs certPicker, proto string,
 ) (*tls.Conn, error) {
-	cfg := &tls.Config{
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return cert, nil
-		},
-	}
+	cfg := &tls.Config{GetCertificate: certs.forClient}
 	if proto != "" {
 		cfg.NextProtos = []string{proto}
 	}
@@ -254,73 +394,4 @@ func ctxErr(ctx context.Context, err error) error {
 		return cerr
 	}
 	return err
-}
-
-// relay copies plaintext between the client (down) and upstream (up) until
-// both directions end, and returns the bytes copied each way. The end of
-// one direction is passed on as a half-close; any other failure ends both.
-func relay(down, up *tls.Conn) (bytesUp, bytesDown int64, err error) {
-	r := &relayState{conns: [2]*tls.Conn{down, up}}
-	var wg sync.WaitGroup
-	wg.Go(func() { bytesUp = r.copy(up, down, "client to upstream") })
-	wg.Go(func() { bytesDown = r.copy(down, up, "upstream to client") })
-	wg.Wait()
-	return bytesUp, bytesDown, r.err
-}
-
-// relayState holds what the two directions of a relay share.
-type relayState struct {
-	conns [2]*tls.Conn
-	once  sync.Once
-	err   error
-}
-
-// copy moves src's plaintext to dst and returns the bytes written.
-func (r *relayState) copy(dst, src *tls.Conn, direction string) int64 {
-	n, err := io.Copy(dst, src)
-	if err == nil {
-		// Protocols that half-close (send a request, shut the write side,
-		// read the answer) need the end of stream passed on, and the other
-		// direction left running.
-		if err = closeWrite(dst); peerGone(err) {
-			err = nil
-		}
-	}
-	if err != nil {
-		r.fail(fmt.Errorf("relay %s: %w", direction, err))
-	}
-	return n
-}
-
-// fail records the relay's first error and closes both connections: the
-// other direction may be blocked on a peer that will not send again.
-func (r *relayState) fail(err error) {
-	r.once.Do(func() {
-		r.err = err
-		// The raw connections, because tls.Conn.Close would first try to
-		// send close_notify to a peer that may not be reading.
-		r.conns[0].NetConn().Close()
-		r.conns[1].NetConn().Close()
-	})
-}
-
-// peerGone reports whether err only says that the peer has already closed
-// or reset: passing on the end of stream is then moot, not a failure.
-func peerGone(err error) bool {
-	return errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ENOTCONN) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
-}
-
-// closeWrite sends close_notify on c and, where the transport allows, a
-// TCP FIN, so the peer sees the end of stream however it reads.
-func closeWrite(c *tls.Conn) error {
-	if err := c.CloseWrite(); err != nil {
-		return fmt.Errorf("close write: %w", err)
-	}
-	if cw, ok := c.NetConn().(interface{ CloseWrite() error }); ok {
-		if err := cw.CloseWrite(); err != nil {
-			return fmt.Errorf("close write: %w", err)
-		}
-	}
-	return nil
 }

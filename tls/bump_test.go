@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"net"
@@ -25,7 +26,7 @@ type bumpLab struct {
 	rootKey crypto.Signer
 }
 
-func newBumpLab(t *testing.T) *bumpLab {
+func newBumpLab(t testing.TB) *bumpLab {
 	t.Helper()
 	ca, _ := mustInitCA(t)
 	forger := mustForger(t, ca, 16)
@@ -46,12 +47,12 @@ func newBumpLab(t *testing.T) *bumpLab {
 // startEchoServer serves TLS on loopback with cert, echoing everything and
 // half-closing when the client does. The SNI of each handshake is sent on
 // the returned channel.
-func startEchoServer(t *testing.T, cert tls.Certificate) (string, <-chan string) {
+func startEchoServer(t testing.TB, cert tls.Certificate) (string, <-chan string) {
 	t.Helper()
 	sni := make(chan string, 4)
 	cfg := &tls.Config{
 		Certificates: []tls.Certificate{cert},
-		NextProtos:   []string{"h2", "http/1.1"},
+		NextProtos:   []string{"x-raw", "x-other"},
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			sni <- hello.ServerName
 			return nil, nil
@@ -93,6 +94,15 @@ func startBump(
 	t *testing.T, ctx context.Context, lab *bumpLab, upstreamAddr, serverName string, alpn []string,
 ) (string, <-chan bumpOutcome) {
 	t.Helper()
+	return startBumpOpts(t, ctx, lab, upstreamAddr, serverName, alpn, BumpOptions{})
+}
+
+// startBumpOpts is startBump with options for Bump.
+func startBumpOpts(
+	t *testing.T, ctx context.Context, lab *bumpLab, upstreamAddr, serverName string,
+	alpn []string, opts BumpOptions,
+) (string, <-chan bumpOutcome) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +121,7 @@ func startBump(
 			out <- bumpOutcome{err: err}
 			return
 		}
-		res, err := lab.bumper.Bump(ctx, client, upstream, serverName, alpn)
+		res, err := lab.bumper.Bump(ctx, client, upstream, serverName, alpn, opts)
 		out <- bumpOutcome{res, err}
 	}()
 	return ln.Addr().String(), out
@@ -151,8 +161,8 @@ func dialClient(addr string, cfg *tls.Config) (*tls.Conn, error) {
 	return conn.(*tls.Conn), nil
 }
 
-// exchange sends data, half-closes, and reads the echo until end of stream.
-func exchange(t *testing.T, conn *tls.Conn, data []byte) []byte {
+// echoRoundTrip sends data, half-closes, and reads the echo until end of stream.
+func echoRoundTrip(t *testing.T, conn *tls.Conn, data []byte) []byte {
 	t.Helper()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	writeErr := make(chan error, 1)
@@ -178,8 +188,8 @@ func TestBumpRelaysThroughForgedCertificate(t *testing.T) {
 		name, want string
 		alpn       []string
 	}{
-		{"h2 preferred", "h2", []string{"h2", "http/1.1"}},
-		{"http1 only", "http/1.1", []string{"http/1.1"}},
+		{"x-raw preferred", "x-raw", []string{"x-raw", "http/1.1"}},
+		{"x-other only", "x-other", []string{"x-other"}},
 		{"no alpn", "", nil},
 	}
 	for _, tt := range tests {
@@ -208,7 +218,8 @@ func TestBumpRelaysThroughForgedCertificate(t *testing.T) {
 
 			data := make([]byte, 200_000)
 			rand.Read(data)
-			if got := exchange(t, conn, data); !bytes.Equal(got, data) {
+			data[0] = 0 // binary from the first byte on, so never HTTP
+			if got := echoRoundTrip(t, conn, data); !bytes.Equal(got, data) {
 				t.Fatalf("echo returned %d bytes, want the %d sent", len(got), len(data))
 			}
 
@@ -225,17 +236,48 @@ func TestBumpRelaysThroughForgedCertificate(t *testing.T) {
 	}
 }
 
-func TestBumpRefusesUnverifiedUpstream(t *testing.T) {
-	lab := newBumpLab(t)
+// unverifiableUpstreams are upstream certificates for up.test that must
+// fail verification, each for a different reason.
+func unverifiableUpstreams(t *testing.T, lab *bumpLab) []struct {
+	name string
+	cert tls.Certificate
+} {
+	t.Helper()
 	otherRoot, otherKey := mustRoot(t, "untrusted root")
-	tests := []struct {
+	expired := mustServerCert(t, lab.root, lab.rootKey, "up.test")
+	expired.Leaf = reissue(t, expired.Leaf, lab.root, lab.rootKey,
+		time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+	expired.Certificate = [][]byte{expired.Leaf.Raw}
+	return []struct {
 		name string
 		cert tls.Certificate
 	}{
 		{"untrusted root", mustServerCert(t, otherRoot, otherKey, "up.test")},
 		{"name mismatch", mustServerCert(t, lab.root, lab.rootKey, "other.test")},
+		{"expired", expired},
+		{"self-signed", mustSelfSigned(t, "up.test")},
 	}
-	for _, tt := range tests {
+}
+
+// mustSelfSigned makes a leaf for name that signs itself.
+func mustSelfSigned(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	key := mustKey(t)
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: name},
+		DNSNames:    []string{name},
+		NotBefore:   time.Now().Add(-time.Hour),
+		NotAfter:    time.Now().Add(24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	leaf := mustSign(t, tmpl, nil, key.Public(), key)
+	return tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+}
+
+func TestBumpRefusesUnverifiedUpstream(t *testing.T) {
+	lab := newBumpLab(t)
+	for _, tt := range unverifiableUpstreams(t, lab) {
 		t.Run(tt.name, func(t *testing.T) {
 			upAddr, _ := startEchoServer(t, tt.cert)
 			addr, out := startBump(t, context.Background(), lab, upAddr, "up.test", nil)
@@ -321,7 +363,7 @@ func TestBumpWithoutSNI(t *testing.T) {
 		len(leaf.DNSNames) != 0 {
 		t.Errorf("forged SANs: IP %v, DNS %v", leaf.IPAddresses, leaf.DNSNames)
 	}
-	if got := exchange(t, conn, []byte("ping")); string(got) != "ping" {
+	if got := echoRoundTrip(t, conn, []byte("ping")); string(got) != "ping" {
 		t.Errorf("echo %q", got)
 	}
 	if o := waitBump(t, out); o.err != nil || o.res.BytesUp != 4 || o.res.BytesDown != 4 {

@@ -54,7 +54,7 @@ func InitCA(dir string) (*CA, error) {
 		return nil, fmt.Errorf("init ca: create dir %s: %w", dir, err)
 	}
 
-	ca, keyDER, err := newCA(time.Now())
+	ca, keyDER, err := newCA(time.Now(), gatewayCAName)
 	if err != nil {
 		return nil, fmt.Errorf("init ca in %s: %w", dir, err)
 	}
@@ -84,9 +84,12 @@ func refuseExisting(path string) error {
 	return nil
 }
 
-// newCA generates a CA key and its self-signed certificate, valid from an
-// hour before now. It also returns the key in PKCS#8 DER form.
-func newCA(now time.Time) (*CA, []byte, error) {
+// gatewayCAName is the subject of the CA that InitCA creates.
+var gatewayCAName = pkix.Name{CommonName: "snigate gateway CA", Organization: []string{"snigate"}}
+
+// newCA generates a CA key and its self-signed certificate named subject,
+// valid from an hour before now. It also returns the key in PKCS#8 DER form.
+func newCA(now time.Time, subject pkix.Name) (*CA, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate key: %w", err)
@@ -102,11 +105,8 @@ func newCA(now time.Time) (*CA, []byte, error) {
 
 	notBefore := now.Add(-time.Hour)
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject: pkix.Name{
-			CommonName:   "snigate gateway CA",
-			Organization: []string{"snigate"},
-		},
+		SerialNumber:          serial,
+		Subject:               subject,
 		NotBefore:             notBefore,
 		NotAfter:              notBefore.AddDate(10, 0, 0),
 		BasicConstraintsValid: true,

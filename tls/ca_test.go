@@ -173,7 +173,7 @@ func TestLoadCAKeyFormats(t *testing.T) {
 				t.Error("key does not match certificate")
 			}
 			f := mustForger(t, ca, 4)
-			if _, err := f.Certificate("signed.test", nil); err != nil {
+			if _, err := f.Certificate("signed.test", nil, KeyECDSA); err != nil {
 				t.Errorf("forge with loaded CA: %v", err)
 			}
 		})

@@ -4,8 +4,10 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +18,7 @@ func TestForgeVerifiesAgainstCA(t *testing.T) {
 	ca, _ := mustInitCA(t)
 	f := mustForger(t, ca, 8)
 
-	cert, err := f.Certificate("WWW.Example.Test.", nil)
+	cert, err := f.Certificate("WWW.Example.Test.", nil, KeyECDSA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +63,7 @@ func TestForgeIPNames(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cert, err := f.Certificate(tt.name, nil)
+			cert, err := f.Certificate(tt.name, nil, KeyECDSA)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -90,7 +92,7 @@ func TestForgeRejectsBadNames(t *testing.T) {
 		strings.Repeat("a", 64) + ".test",
 	}
 	for _, name := range bad {
-		_, err := f.Certificate(name, nil)
+		_, err := f.Certificate(name, nil, KeyECDSA)
 		if err == nil {
 			t.Errorf("Certificate(%q) succeeded", name)
 			continue
@@ -114,7 +116,7 @@ func TestForgeClampsToUpstream(t *testing.T) {
 	now := time.Now()
 	upstream = reissue(t, upstream, root, rootKey, now.Add(-10*time.Minute), now.Add(3*time.Hour))
 
-	cert, err := f.Certificate("short.test", upstream)
+	cert, err := f.Certificate("short.test", upstream, KeyECDSA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +132,7 @@ func TestForgeClampsToUpstream(t *testing.T) {
 
 func TestForgeDefaultValidity(t *testing.T) {
 	ca, _ := mustInitCA(t)
-	cert, err := mustForger(t, ca, 8).Certificate("default.test", nil)
+	cert, err := mustForger(t, ca, 8).Certificate("default.test", nil, KeyECDSA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +152,7 @@ func TestForgeRefusesExpiredUpstream(t *testing.T) {
 	old := mustServerCert(t, root, rootKey, "old.test").Leaf
 	old = reissue(t, old, root, rootKey, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
 
-	_, err := f.Certificate("old.test", old)
+	_, err := f.Certificate("old.test", old, KeyECDSA)
 	if err == nil || !strings.Contains(err.Error(), "no validity period") {
 		t.Fatalf("error %v, want no validity period", err)
 	}
@@ -188,8 +190,13 @@ func TestForgeCache(t *testing.T) {
 		t.Error("a lookup without upstream got an upstream-bound forgery")
 	}
 
+	got := f.Stats()
+	if got.ForgeTime <= 0 {
+		t.Errorf("ForgeTime %v after 3 forgings, want it positive", got.ForgeTime)
+	}
+	got.ForgeTime = 0
 	want := ForgerStats{Hits: 1, Misses: 3, Forged: 3, Entries: 3}
-	if got := f.Stats(); got != want {
+	if got != want {
 		t.Errorf("stats %+v, want %+v", got, want)
 	}
 }
@@ -246,7 +253,7 @@ func TestForgeConcurrentMissesForgeOnce(t *testing.T) {
 	for i := range callers {
 		wg.Go(func() {
 			<-start
-			certs[i], errs[i] = f.Certificate("busy.test", nil)
+			certs[i], errs[i] = f.Certificate("busy.test", nil, KeyECDSA)
 		})
 	}
 	close(start)
@@ -280,7 +287,7 @@ func mustCertificate(
 	t testing.TB, f *Forger, name string, upstream *x509.Certificate,
 ) *tls.Certificate {
 	t.Helper()
-	cert, err := f.Certificate(name, upstream)
+	cert, err := f.Certificate(name, upstream, KeyECDSA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,8 +300,104 @@ func BenchmarkForgeNewName(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		if _, err := f.Certificate(fmt.Sprintf("host%d.bench.test", i), nil); err != nil {
+		if _, err := f.Certificate(fmt.Sprintf("host%d.bench.test", i), nil, KeyECDSA); err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+func TestForgeMirrorsUpstreamNames(t *testing.T) {
+	ca, _ := mustInitCA(t)
+	f := mustForger(t, ca, 8)
+	root, rootKey := mustRoot(t, "lab root")
+	tmpl := mustServerCert(t, root, rootKey, "up.test", "*.up.test", "198.19.1.2").Leaf
+	tmpl.RawSubject = nil // else it overrides Subject
+	tmpl.Subject = pkix.Name{CommonName: "Up Test Frontend"}
+	withCN := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
+	tmpl.Subject = pkix.Name{}
+	noCN := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
+
+	tests := []struct {
+		name     string
+		upstream *x509.Certificate
+		wantCN   string
+	}{
+		{"upstream common name", withCN, "Up Test Frontend"},
+		{"no common name", noCN, "www.up.test"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			leaf := mustCertificate(t, f, "WWW.up.test", tt.upstream).Leaf
+			if leaf.Subject.CommonName != tt.wantCN {
+				t.Errorf("CN %q, want %q", leaf.Subject.CommonName, tt.wantCN)
+			}
+			if !slices.Equal(leaf.DNSNames, []string{"up.test", "*.up.test"}) ||
+				len(leaf.IPAddresses) != 1 || !leaf.IPAddresses[0].Equal(net.ParseIP("198.19.1.2")) {
+				t.Errorf("SANs DNS %v, IP %v; want the upstream's", leaf.DNSNames, leaf.IPAddresses)
+			}
+			opts := x509.VerifyOptions{Roots: poolOf(ca.Cert), DNSName: "www.up.test"}
+			if _, err := leaf.Verify(opts); err != nil {
+				t.Errorf("verify for www.up.test: %v", err)
+			}
+		})
+	}
+}
+
+func TestForgeKeyTypes(t *testing.T) {
+	ca, _ := mustInitCA(t)
+	f := mustForger(t, ca, 8)
+
+	ec := mustCertificateKey(t, f, "keys.test", KeyECDSA)
+	rsa1 := mustCertificateKey(t, f, "keys.test", KeyRSA)
+	rsa2 := mustCertificateKey(t, f, "other.test", KeyRSA)
+	if ec == rsa1 {
+		t.Fatal("ECDSA and RSA lookups share a cache entry")
+	}
+	if ec.Leaf.PublicKeyAlgorithm != x509.ECDSA || rsa1.Leaf.PublicKeyAlgorithm != x509.RSA {
+		t.Errorf("key algorithms %v and %v, want ECDSA and RSA",
+			ec.Leaf.PublicKeyAlgorithm, rsa1.Leaf.PublicKeyAlgorithm)
+	}
+	if rsa1.PrivateKey != rsa2.PrivateKey {
+		t.Error("two RSA leaves got different keys; the key should be made once")
+	}
+	if rsa1.Leaf.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+		t.Error("RSA leaf lacks key encipherment usage")
+	}
+	if _, err := f.Certificate("keys.test", nil, KeyType(7)); err == nil ||
+		!strings.Contains(err.Error(), "unknown key type 7") {
+		t.Errorf("key type 7: error %v", err)
+	}
+}
+
+func TestForgeUntrusted(t *testing.T) {
+	ca, _ := mustInitCA(t)
+	f := mustForger(t, ca, 8)
+
+	cert, err := f.UntrustedCertificate("bad.test", KeyECDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := cert.Leaf
+	if leaf.Issuer.CommonName != "snigate untrusted" {
+		t.Errorf("issuer %q, want snigate untrusted", leaf.Issuer.CommonName)
+	}
+	opts := x509.VerifyOptions{Roots: poolOf(ca.Cert), DNSName: "bad.test"}
+	if _, err := leaf.Verify(opts); err == nil {
+		t.Error("untrusted leaf verifies against the gateway CA")
+	}
+	if trusted := mustCertificate(t, f, "bad.test", nil); trusted == cert {
+		t.Error("trusted and untrusted lookups share a cache entry")
+	}
+	if s := f.Stats(); s.Untrusted != 1 || s.Forged != 1 {
+		t.Errorf("stats %+v, want 1 untrusted and 1 forged", s)
+	}
+}
+
+func mustCertificateKey(t testing.TB, f *Forger, name string, kt KeyType) *tls.Certificate {
+	t.Helper()
+	cert, err := f.Certificate(name, nil, kt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }
