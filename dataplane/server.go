@@ -16,10 +16,21 @@ import (
 
 // BumpFunc terminates TLS on client with a forged certificate and relays to
 // upstream, closing both before it returns. client replays the ClientHello
-// first. serverName is empty when the client sent none; alpn is what the
-// client offered. It reports the plaintext bytes moved each way.
-type BumpFunc func(ctx context.Context, client, upstream net.Conn, serverName string,
-	alpn []string) (up, down int64, err error)
+// first. It reports the plaintext bytes moved each way.
+type BumpFunc func(ctx context.Context, client, upstream net.Conn,
+	req BumpRequest) (up, down int64, err error)
+
+// BumpRequest is what the dataplane knows about a connection it bumps.
+type BumpRequest struct {
+	Client, Dst netip.AddrPort
+	// ServerName is the client's SNI, lowercase, or "" when it sent none.
+	ServerName string
+	// ALPN lists the protocols the client offered.
+	ALPN []string
+	// Rule is the index of the policy rule that chose the bump, or -1
+	// when a fallback action (default, no_sni, ...) did.
+	Rule int
+}
 
 // Config is what a Server needs. Zero durations take the defaults below.
 type Config struct {
@@ -379,7 +390,9 @@ func (s *Server) bump(cn *conn, cfg *Config, h *Hello, release func()) {
 	release()
 
 	client := &replayConn{Conn: cn.client, pending: replay}
-	cn.up, cn.down, cn.err = cfg.Bump(s.ctx, client, up, sni, alpn)
+	cn.up, cn.down, cn.err = cfg.Bump(s.ctx, client, up, BumpRequest{
+		Client: cn.clientAddr, Dst: cn.dst, ServerName: sni, ALPN: alpn, Rule: cn.rule,
+	})
 }
 
 func (cn *conn) fields() []zap.Field {

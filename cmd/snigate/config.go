@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"regexp"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/snigate/snigate/bpf"
 	"github.com/snigate/snigate/dataplane"
+	gwtls "github.com/snigate/snigate/tls"
 )
 
 // Config is the daemon's configuration file, after defaults and validation.
@@ -60,6 +62,10 @@ type Upstream struct {
 	DialTimeout duration `yaml:"dial_timeout"`
 	// CertCache bounds the forged certificates kept in memory.
 	CertCache int `yaml:"cert_cache"`
+	// VerifyFailure is what a client sees when the upstream certificate
+	// fails verification: reject (an alert) or mimic (an untrusted
+	// certificate, so the browser shows its own error page).
+	VerifyFailure verifyFailure `yaml:"verify_failure"`
 }
 
 type Hello struct {
@@ -78,7 +84,10 @@ type PolicySpec struct {
 type RuleSpec struct {
 	SNI    []string `yaml:"sni"`
 	Action action   `yaml:"action"`
-	line   int
+	// AddRequestHeaders are set on every HTTP request of a bumped
+	// connection the rule matches, such as X-GoogApps-Allowed-Domains.
+	AddRequestHeaders headers `yaml:"add_request_headers"`
+	line              int
 }
 
 type LogSpec struct {
@@ -371,6 +380,55 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	*d = duration(v)
 	return nil
+}
+
+type verifyFailure gwtls.VerifyFailureMode
+
+func (v *verifyFailure) UnmarshalYAML(n *yaml.Node) error {
+	m, err := gwtls.ParseVerifyFailureMode(n.Value)
+	if err != nil {
+		return errAt(n, "verify_failure %q is not reject or mimic", n.Value)
+	}
+	*v = verifyFailure(m)
+	return nil
+}
+
+// headers are request headers a rule adds; names and values are checked
+// as HTTP allows them, so a typo cannot produce a broken request.
+type headers http.Header
+
+func (h *headers) UnmarshalYAML(n *yaml.Node) error {
+	var m map[string]string
+	if err := n.Decode(&m); err != nil {
+		return errAt(n, "add_request_headers must map header names to values")
+	}
+	out := http.Header{}
+	for name, value := range m {
+		if !validHeaderName(name) {
+			return errAt(n, "header name %q is not a valid HTTP field name", name)
+		}
+		if strings.ContainsAny(value, "\r\n\x00") {
+			return errAt(n, "header %s: value %q contains a line break or NUL", name, value)
+		}
+		out.Set(name, value)
+	}
+	*h = headers(out)
+	return nil
+}
+
+// validHeaderName reports whether name is an HTTP token (RFC 9110,
+// Section 5.1).
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 type attachMode bpf.Mode

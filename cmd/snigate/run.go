@@ -140,6 +140,9 @@ func (g *gateway) run() error {
 	if stopErr := g.stop(); err == nil {
 		err = stopErr
 	}
+	if berr := notifyBarrier(5 * time.Second); berr != nil {
+		g.log.Warn("notify systemd", zap.Error(berr))
+	}
 	return err
 }
 
@@ -282,13 +285,50 @@ func (g *gateway) bumper(cfg *Config) (dataplane.BumpFunc, error) {
 	}
 	g.forger.Store(forger)
 	g.caRaw = ca.Cert.Raw
-	b := gwtls.NewBumper(gwtls.BumpConfig{Forger: forger, Roots: roots})
-	return func(ctx context.Context, client, upstream net.Conn, sni string,
-		alpn []string) (int64, int64, error) {
-		res, err := b.Bump(ctx, client, upstream, sni, alpn)
+	b := gwtls.NewBumper(gwtls.BumpConfig{Forger: forger, Roots: roots,
+		VerifyFailure: gwtls.VerifyFailureMode(cfg.Upstream.VerifyFailure)})
+	// Per-rule request headers, by rule index as the policy reports it.
+	ruleHeaders := make([]http.Header, len(cfg.Policy.Rules))
+	for i, r := range cfg.Policy.Rules {
+		ruleHeaders[i] = http.Header(r.AddRequestHeaders)
+	}
+	access := g.log.Named("http")
+	return func(ctx context.Context, client, upstream net.Conn,
+		req dataplane.BumpRequest) (int64, int64, error) {
+		opts := gwtls.BumpOptions{OnRequest: accessLogger(access, req)}
+		if req.Rule >= 0 && req.Rule < len(ruleHeaders) {
+			opts.AddRequestHeaders = ruleHeaders[req.Rule]
+		}
+		res, err := b.Bump(ctx, client, upstream, req.ServerName, req.ALPN, opts)
 		g.bumpFails.count(err)
 		return res.BytesUp, res.BytesDown, err
 	}, nil
+}
+
+// accessLogger returns the callback that writes one access-log line per
+// HTTP request (a WebSocket session counting as one) of a bumped connection.
+func accessLogger(log *zap.Logger, req dataplane.BumpRequest) func(gwtls.RequestLog) {
+	return func(r gwtls.RequestLog) {
+		fields := []zap.Field{
+			zap.Stringer("client", req.Client),
+			zap.Stringer("dst", req.Dst),
+			zap.String("host", r.Host),
+			zap.String("method", r.Method),
+			zap.String("path", r.Path),
+			zap.Int("status", r.Status),
+			zap.String("proto", r.Proto),
+			zap.Int64("bytes_up", r.BytesUp),
+			zap.Int64("bytes_down", r.BytesDown),
+			zap.Duration("duration", r.Duration),
+		}
+		if r.WebSocket {
+			fields = append(fields, zap.Bool("websocket", true))
+		}
+		if r.Err != nil {
+			fields = append(fields, zap.Error(r.Err))
+		}
+		log.Info("request", fields...)
+	}
 }
 
 // reload re-reads the configuration and the CA. New connections get the new

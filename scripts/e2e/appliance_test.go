@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"golang.org/x/sys/unix"
 )
 
 // notifyListener is a unix datagram socket standing in for systemd's
@@ -36,11 +37,22 @@ func listenNotify(t *testing.T) (*notifyListener, string) {
 	n := &notifyListener{conn: conn, msgs: make(chan string, 64)}
 	go func() {
 		buf := make([]byte, 4096)
+		oob := make([]byte, 256)
 		for {
-			k, err := conn.Read(buf)
+			k, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
 			if err != nil {
 				close(n.msgs)
 				return
+			}
+			// A barrier carries a pipe's write end; closing it, as
+			// systemd does, answers the barrier.
+			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, m := range msgs {
+					fds, _ := unix.ParseUnixRights(&m)
+					for _, fd := range fds {
+						unix.Close(fd)
+					}
+				}
 			}
 			n.msgs <- string(buf[:k])
 		}
@@ -85,8 +97,13 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	n.expect(t, "READY=1")
 
+	start := time.Now()
 	d.stop(t)
 	n.expect(t, "STOPPING=1")
+	n.expect(t, "BARRIER=1")
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("stopping took %v: the barrier was not answered promptly", took)
+	}
 }
 
 // wsDial opens a WebSocket from the client namespace and returns it with a
