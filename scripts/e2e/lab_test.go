@@ -211,9 +211,15 @@ func startDaemon(t *testing.T, mode string, policy string) *daemon {
 const metricsAddr = "127.0.0.1:9464"
 
 // daemonConfig is the configuration file the tests run snigate with.
-func daemonConfig(mode, policy, control string) string {
-	if policy == "" {
-		policy = defaultPolicy
+// extra is appended as is: the policy, and an upstream section that then
+// replaces the default one.
+func daemonConfig(mode, extra, control string) string {
+	if extra == "" {
+		extra = defaultPolicy
+	}
+	upstream := "upstream:\n  roots: [" + filepath.Join(lab.labDir, "root.crt") + "]\n"
+	if strings.Contains(extra, "upstream:") {
+		upstream = ""
 	}
 	return fmt.Sprintf(`intercept:
   interfaces: [lan0]
@@ -223,9 +229,7 @@ listen: ["127.0.0.1:15443", "[::1]:15443"]
 ca:
   cert: %s
   key: %s
-upstream:
-  roots: [%s]
-hello:
+%shello:
   timeout: 3s
 log:
   level: debug
@@ -236,7 +240,7 @@ control: %s
 metrics:
   listen: %s
 %s`, mode, lab.gwCA, filepath.Join(filepath.Dir(lab.gwCA), "ca.key"),
-		filepath.Join(lab.labDir, "root.crt"), control, metricsAddr, policy)
+		upstream, control, metricsAddr, extra)
 }
 
 // startDaemonEnv starts snigate with extra environment variables.
@@ -349,11 +353,18 @@ func (d *daemon) kill(t *testing.T) {
 // returns it.
 func (d *daemon) connLog(t *testing.T, want map[string]string) map[string]any {
 	t.Helper()
+	want["msg"] = "connection"
+	return d.waitFor(t, want)
+}
+
+// waitFor waits for a log line whose fields match want and returns it.
+func (d *daemon) waitFor(t *testing.T, want map[string]string) map[string]any {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		d.mu.Lock()
 		for _, m := range d.logs {
-			if m["msg"] == "connection" && matches(m, want) {
+			if matches(m, want) {
 				d.mu.Unlock()
 				return m
 			}
@@ -361,7 +372,7 @@ func (d *daemon) connLog(t *testing.T, want map[string]string) map[string]any {
 		d.mu.Unlock()
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("no connection log line with %v\n%s", want, d.output())
+	t.Fatalf("no log line with %v\n%s", want, d.output())
 	return nil
 }
 
