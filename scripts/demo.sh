@@ -60,6 +60,15 @@ ca:
   key: $LAB_DIR/ca/ca.key
 upstream:
   roots: [$ROOT]
+policy:
+  rules:
+    - sni: [tunnel.cloudproxy.app, "*.tunnel.cloudproxy.app", "*.mtls.googleapis.com"]
+      action: splice
+    - sni: [www.example.test]
+      action: bump
+      add_request_headers:
+        X-GoogApps-Allowed-Domains: example.com
+  default: bump
 log:
   format: json
 YAML
@@ -139,6 +148,16 @@ echo
 printf '%-44s %-9s %-12s %-22s %-18s %s\n' TARGET CLIENT ACTION ISSUER RESULT CHECK
 printf '%s\n' "${ROWS[@]}"
 echo
-echo "snigate's connection log:"
+echo "the header policy, as the lab server behind the bump saw it:"
+seen=$(in_client curl -sS --cacert "$GWCA" --resolve www.example.test:443:198.19.1.3 \
+	https://www.example.test/headers | grep -o '"X-Googapps-Allowed-Domains":\[[^]]*\]' || true)
+echo "  ${seen:-none}"
+[[ $seen == *example.com* ]] || { echo "demo: the injected header did not arrive" >&2; FAILED=1; }
+sleep 0.3
+echo
+echo "snigate's connection log (one line per connection):"
 grep '"msg":"connection"' "$LOG" | sed -E 's/^\{"level":"info","ts":"[^"]*","logger":"dataplane",//'
+echo
+echo "snigate's access log (one line per HTTP request inside a bumped connection):"
+grep '"msg":"request"' "$LOG" | sed -E 's/^\{"level":"info","ts":"[^"]*","logger":"http",//'
 exit "$FAILED"
