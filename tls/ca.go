@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -41,32 +40,18 @@ type CA struct {
 // InitCA never overwrites: if any of the three files exists it returns an
 // error naming it and writes nothing.
 func InitCA(dir string) (*CA, error) {
-	certPath := filepath.Join(dir, caCertFile)
-	keyPath := filepath.Join(dir, caKeyFile)
-	derPath := filepath.Join(dir, caDERFile)
-	for _, path := range []string{certPath, keyPath, derPath} {
-		if err := refuseExisting(path); err != nil {
+	// Checked before the key is made, so a refusal costs nothing; WriteCA
+	// checks again, exclusively, when it creates the files.
+	for _, name := range []string{caCertFile, caKeyFile, caDERFile} {
+		if err := refuseExisting(filepath.Join(dir, name)); err != nil {
 			return nil, err
 		}
 	}
-
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("init ca: create dir %s: %w", dir, err)
-	}
-
-	ca, keyDER, err := newCA(time.Now(), gatewayCAName)
+	ca, err := newCA(time.Now(), gatewayCAName)
 	if err != nil {
 		return nil, fmt.Errorf("init ca in %s: %w", dir, err)
 	}
-
-	// The key goes first so that a failure never leaves a certificate
-	// behind whose key is missing.
-	files := []newFile{
-		{keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
-		{certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}), 0o644},
-		{derPath, ca.Cert.Raw, 0o644},
-	}
-	if err := writeNewFiles(files); err != nil {
+	if err := WriteCA(ca, dir); err != nil {
 		return nil, err
 	}
 	return ca, nil
@@ -76,10 +61,10 @@ func InitCA(dir string) (*CA, error) {
 func refuseExisting(path string) error {
 	_, err := os.Lstat(path)
 	if err == nil {
-		return fmt.Errorf("init ca: %s already exists, refusing to overwrite it", path)
+		return fmt.Errorf("ca file %s already exists, refusing to overwrite it", path)
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("init ca: check %s: %w", path, err)
+		return fmt.Errorf("check ca file %s: %w", path, err)
 	}
 	return nil
 }
@@ -88,19 +73,19 @@ func refuseExisting(path string) error {
 var gatewayCAName = pkix.Name{CommonName: "snigate gateway CA", Organization: []string{"snigate"}}
 
 // newCA generates a CA key and its self-signed certificate named subject,
-// valid from an hour before now. It also returns the key in PKCS#8 DER form.
-func newCA(now time.Time, subject pkix.Name) (*CA, []byte, error) {
+// valid from an hour before now.
+func newCA(now time.Time, subject pkix.Name) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, nil, fmt.Errorf("generate key: %w", err)
+		return nil, fmt.Errorf("generate key: %w", err)
 	}
 	serial, err := randomSerial()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	keyID, err := subjectKeyID(key.Public())
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 
 	notBefore := now.Add(-time.Hour)
@@ -117,14 +102,9 @@ func newCA(now time.Time, subject pkix.Name) (*CA, []byte, error) {
 	}
 	cert, err := signCert(tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode key: %w", err)
-	}
-	return &CA{Cert: cert, Key: key}, keyDER, nil
+	return &CA{Cert: cert, Key: key}, nil
 }
 
 // signCert creates the certificate described by tmpl and parses it back,
@@ -209,7 +189,7 @@ func writeNewFiles(files []newFile) error {
 func writeNewFile(path string, data []byte, perm os.FileMode) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
-		return fmt.Errorf("init ca: create %s: %w", path, err)
+		return fmt.Errorf("create ca file %s: %w", path, err)
 	}
 	_, err = f.Write(data)
 	if err == nil {
@@ -220,7 +200,7 @@ func writeNewFile(path string, data []byte, perm os.FileMode) error {
 	}
 	if err != nil {
 		os.Remove(path)
-		return fmt.Errorf("init ca: write %s: %w", path, err)
+		return fmt.Errorf("write ca file %s: %w", path, err)
 	}
 	return nil
 }

@@ -28,6 +28,8 @@ func WriteCA(ca *CA, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create ca dir %s: %w", dir, err)
 	}
+	// The key goes first so that a failure never leaves a certificate
+	// behind whose key is missing.
 	return writeNewFiles([]newFile{
 		{keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
 		{certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}), 0o644},

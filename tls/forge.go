@@ -133,7 +133,7 @@ func NewForger(ca *CA, maxEntries int) (*Forger, error) {
 		return nil, fmt.Errorf("new forger: max entries %d is not at least 1", maxEntries)
 	}
 
-	untrusted, _, err := newCA(time.Now(), untrustedCAName)
+	untrusted, err := newCA(time.Now(), untrustedCAName)
 	if err != nil {
 		return nil, fmt.Errorf("new forger: untrusted ca: %w", err)
 	}
