@@ -26,6 +26,8 @@
 #endif
 
 #define MAX_PORTS 64
+// IPv6 extension headers walked before giving up on finding TCP.
+#define MAX_EXT_HEADERS 4
 #define MAX_BYPASS 1024
 
 // Indexes into the counters map. The Go loader reads the names through the
@@ -37,7 +39,7 @@ enum counter {
 	COUNTER_BYPASSED,	     // destination in the bypass prefixes
 	COUNTER_NO_LISTENER,	     // dataplane not running: forwarded (fail open)
 	COUNTER_ASSIGN_ERROR,	     // bpf_sk_assign refused: forwarded
-	COUNTER_UNPARSED,	     // IPv4 fragment or IPv6 extension header: forwarded
+	COUNTER_UNPARSED,	     // fragment, or IPv6 headers not walked: forwarded
 	COUNTER_LOCAL,		     // addressed to the gateway itself: delivered as usual
 	COUNTER_MAX,
 };
@@ -227,6 +229,38 @@ static __always_inline int steer_ipv4(struct __sk_buff *skb, void *data, void *d
 	return assign(skb, &tuple, sizeof(tuple.ipv4), LISTENER_IPV4, &fib);
 }
 
+// skip_ipv6_ext walks the hop-by-hop, routing and destination options
+// headers in front of the upper-layer header. It returns the upper-layer
+// protocol and sets *l4, or -1 when it cannot tell: a fragment header (only
+// the first fragment has the TCP header, and reassembly comes after this
+// hook), a truncated header, or more headers than it walks.
+static __always_inline int skip_ipv6_ext(struct ipv6hdr *ip6, void *data_end, void **l4)
+{
+	__u8 next = ip6->nexthdr;
+	void *hdr = ip6 + 1;
+
+	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
+		struct ipv6_opt_hdr *opt = hdr;
+
+		switch (next) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS:
+			if ((void *)(opt + 1) > data_end)
+				return -1;
+			next = opt->nexthdr;
+			hdr += (opt->hdrlen + 1) * 8;
+			break;
+		case IPPROTO_FRAGMENT:
+			return -1;
+		default:
+			*l4 = hdr;
+			return next;
+		}
+	}
+	return -1;
+}
+
 static __always_inline int steer_ipv6(struct __sk_buff *skb, void *data, void *data_end)
 {
 	struct ipv6hdr *ip6 = data;
@@ -234,18 +268,20 @@ static __always_inline int steer_ipv6(struct __sk_buff *skb, void *data, void *d
 	struct lpm_key6 key = { .prefixlen = 128 };
 	struct bpf_fib_lookup fib = {};
 	struct tcphdr *tcp;
+	void *l4 = NULL;
+	int proto;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return TC_ACT_UNSPEC;
-	if (ip6->nexthdr != IPPROTO_TCP) {
-		// Extension headers before TCP are legal but rare on 443; walking
-		// them is not worth the verifier cost, so such segments are
-		// forwarded and counted rather than mis-parsed.
-		if (ip6->nexthdr != IPPROTO_UDP && ip6->nexthdr != IPPROTO_ICMPV6)
-			count(COUNTER_UNPARSED);
+	proto = skip_ipv6_ext(ip6, data_end, &l4);
+	if (proto < 0) {
+		// Forwarded and counted rather than guessed at.
+		count(COUNTER_UNPARSED);
 		return TC_ACT_UNSPEC;
 	}
-	tcp = (void *)(ip6 + 1);
+	if (proto != IPPROTO_TCP)
+		return TC_ACT_UNSPEC;
+	tcp = l4;
 	if ((void *)(tcp + 1) > data_end)
 		return TC_ACT_UNSPEC;
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/coder/websocket"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // whoami is what the lab servers answer on /whoami.
@@ -371,4 +373,41 @@ func TestKillFailsOpen(t *testing.T) {
 			assertNothingLeft(t)
 		})
 	}
+}
+
+// An IPv6 segment with a hop-by-hop options header in front of TCP is still
+// steered: the program walks extension headers instead of passing them by.
+func TestIPv6ExtensionHeaders(t *testing.T) {
+	d := startDaemon(t, "auto", "")
+	// One hop-by-hop header of 8 bytes holding a PadN option; the kernel
+	// fills in the next-header field.
+	hopOpts := string([]byte{0, 0, 1, 4, 0, 0, 0, 0})
+	var raw net.Conn
+	err := inNS(nsClient, func() error {
+		dialer := net.Dialer{Timeout: 5 * time.Second,
+			Control: func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				c.Control(func(fd uintptr) {
+					serr = unix.SetsockoptString(int(fd), unix.SOL_IPV6,
+						unix.IPV6_HOPOPTS, hopOpts)
+				})
+				return serr
+			}}
+		var err error
+		raw, err = dialer.Dial("tcp", hostIP(tunnelV6, "443"))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dial with hop-by-hop options: %v", err)
+	}
+	c := tls.Client(raw, &tls.Config{ServerName: "tunnel.cloudproxy.app", RootCAs: lab.labRoot})
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET /whoami HTTP/1.1\r\nHost: tunnel.cloudproxy.app\r\nConnection: close\r\n\r\n")
+	body, _ := io.ReadAll(c)
+	if !strings.Contains(string(body), gwWANV6) {
+		t.Fatalf("the server did not see the gateway, so the segment was not steered: %q", body)
+	}
+	c.Close() // the connection's log line comes when both directions end
+	d.connLog(t, map[string]string{"dst": hostIP(tunnelV6, "443"), "action": "splice"})
 }
