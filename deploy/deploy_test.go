@@ -102,7 +102,8 @@ func TestExampleConfigChecks(t *testing.T) {
 	conf = bytes.ReplaceAll(conf, []byte("/var/lib/snigate"), []byte(root+"/var/lib/snigate"))
 	path := filepath.Join(root, "check.yaml")
 	os.WriteFile(path, conf, 0o644)
-	out, err := exec.Command(bin, "check", "--config", path).CombinedOutput()
+	// The example names lan0, which this host need not have.
+	out, err := exec.Command(bin, "check", "--offline", "--config", path).CombinedOutput()
 	if err != nil {
 		t.Fatalf("snigate check of the example: %v\n%s", err, out)
 	}
@@ -150,4 +151,36 @@ func writeSquidCA(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return der
+}
+
+// An import that cannot work leaves nothing installed; one that would
+// replace an installed CA with another is refused, not ignored.
+func TestInstallImportErrors(t *testing.T) {
+	bin := buildSnigate(t)
+	dir := t.TempDir()
+	squid := filepath.Join(dir, "squid-ca.pem")
+	writeSquidCA(t, squid)
+
+	// A certificate-only file fails before anything is written.
+	certOnly := filepath.Join(dir, "cert-only.pem")
+	data, _ := os.ReadFile(squid)
+	i := bytes.Index(data, []byte("-----BEGIN CERTIFICATE"))
+	os.WriteFile(certOnly, data[i:], 0o600)
+	root := t.TempDir()
+	out, err := exec.Command("bash", "./install.sh", "--root", root, "--binary", bin,
+		"--import-ca", certOnly).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--import-key") {
+		t.Errorf("certificate-only import: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(root, "usr/local/bin/snigate")); err == nil {
+		t.Error("a failed import still installed the binary")
+	}
+
+	// A second CA over an installed one is refused.
+	install(t, root, bin)
+	out, err = exec.Command("bash", "./install.sh", "--root", root, "--binary", bin,
+		"--import-ca", squid).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "different CA") {
+		t.Errorf("import over an installed CA: %v\n%s", err, out)
+	}
 }

@@ -22,14 +22,16 @@ IMPORT_KEY=""
 
 die() { printf 'install: %s\n' "$*" >&2; exit 1; }
 say() { printf 'install: %s\n' "$*"; }
+# value OPTION VALUE: VALUE, or a clear error when the option has none.
+value() { [[ -n ${2:-} && ${2:0:2} != -- ]] || die "$1 needs a value (see --help)"; printf '%s' "$2"; }
 
 while (($#)); do
 	case $1 in
-	--binary) BINARY=${2:?--binary needs a path}; shift 2 ;;
-	--import-ca) IMPORT_CA=${2:?--import-ca needs a file}; shift 2 ;;
-	--import-key) IMPORT_KEY=${2:?--import-key needs a file}; shift 2 ;;
-	--root) ROOT=${2:?--root needs a directory}; shift 2 ;;
-	-h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+	--binary) BINARY=$(value "$1" "${2:-}"); shift 2 ;;
+	--import-ca) IMPORT_CA=$(value "$1" "${2:-}"); shift 2 ;;
+	--import-key) IMPORT_KEY=$(value "$1" "${2:-}"); shift 2 ;;
+	--root) ROOT=$(value "$1" "${2:-}"); shift 2 ;;
+	-h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 	*) die "unknown argument $1 (see --help)" ;;
 	esac
 done
@@ -49,10 +51,26 @@ if [[ -z $BINARY ]]; then
 fi
 [[ -x $BINARY ]] || die "$BINARY is not an executable file"
 
+STATE_DIR=$ROOT/var/lib/snigate
+# An imported CA is checked before anything is installed, so a bad file
+# leaves the system as it was. One that differs from an installed CA is an
+# error: the clients trust one of the two, and silently keeping the old one
+# would break them.
+STAGED_CA=""
+if [[ -n $IMPORT_CA ]]; then
+	STAGED_CA=$(mktemp -d)
+	trap 'rm -rf "$STAGED_CA"' EXIT
+	"$BINARY" ca import --cert "$IMPORT_CA" --key "${IMPORT_KEY:-$IMPORT_CA}" \
+		--out "$STAGED_CA/ca" >/dev/null ||
+		die "cannot import $IMPORT_CA (a certificate-only file needs --import-key KEYFILE)"
+	if [[ -e $STATE_DIR/ca.der ]] && ! cmp -s "$STAGED_CA/ca/ca.der" "$STATE_DIR/ca.der"; then
+		die "$STATE_DIR already holds a different CA; move it away to import $IMPORT_CA"
+	fi
+fi
+
 BIN_DIR=$ROOT/usr/local/bin
 UNIT_DIR=$ROOT/etc/systemd/system
 CONF_DIR=$ROOT/etc/snigate
-STATE_DIR=$ROOT/var/lib/snigate
 SYSCTL_DIR=$ROOT/etc/sysctl.d
 mkdir -p "$BIN_DIR" "$UNIT_DIR" "$CONF_DIR" "$STATE_DIR" "$SYSCTL_DIR"
 chmod 0700 "$STATE_DIR"
@@ -77,10 +95,10 @@ fi
 
 if [[ -e $STATE_DIR/ca.crt || -e $STATE_DIR/ca.key ]]; then
 	say "kept the existing CA in $STATE_DIR"
-	[[ -n $IMPORT_CA ]] && say "ignored --import-ca: a CA is already installed"
-elif [[ -n $IMPORT_CA ]]; then
-	"$BIN_DIR/snigate" ca import --cert "$IMPORT_CA" --key "${IMPORT_KEY:-$IMPORT_CA}" \
-		--out "$STATE_DIR"
+elif [[ -n $STAGED_CA ]]; then
+	install -m 0600 "$STAGED_CA/ca/ca.key" "$STATE_DIR/ca.key"
+	install -m 0644 "$STAGED_CA/ca/ca.crt" "$STAGED_CA/ca/ca.der" "$STATE_DIR/"
+	say "imported the CA from $IMPORT_CA"
 else
 	"$BIN_DIR/snigate" ca init --out "$STATE_DIR"
 fi
@@ -105,8 +123,8 @@ Clients must trust the gateway CA before their connections are bumped:
               certutil -addstore root ca.der
   macOS:    sudo security add-trusted-cert -d -r trustRoot \\
               -k /Library/Keychains/System.keychain ca.crt
-  Debian/Ubuntu: cp ca.crt /usr/local/share/ca-certificates/snigate.crt
-              && update-ca-certificates
+  Debian/Ubuntu: cp ca.crt /usr/local/share/ca-certificates/snigate.crt &&
+              update-ca-certificates
   Firefox:  enterprise policy Certificates.ImportEnterpriseRoots, or import
             ca.crt under Settings > Certificates > Authorities
   Java:     keytool -importcert -cacerts -alias snigate -file ca.crt

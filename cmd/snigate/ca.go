@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"path/filepath"
 
 	gwtls "github.com/snigate/snigate/tls"
 )
@@ -100,6 +102,17 @@ func cmdCAExport(args []string, stdout io.Writer) error {
 	return pem.Encode(stdout, &pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
 }
 
+// loadCA loads the configuration's CA; a missing file gets a hint, since it
+// is what a fresh install runs into.
 func loadCA(cfg *Config) (*gwtls.CA, error) {
-	return gwtls.LoadCA(cfg.CA.Cert, cfg.CA.Key)
+	ca, err := gwtls.LoadCA(cfg.CA.Cert, cfg.CA.Key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("ca: %w (the policy bumps, so it needs a CA: create one with "+
+			"\"snigate ca init --out %s\" or import one with \"snigate ca import\")",
+			err, filepath.Dir(cfg.CA.Cert))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	return ca, nil
 }

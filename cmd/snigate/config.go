@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -34,7 +35,7 @@ type Config struct {
 	Shutdown Shutdown   `yaml:"shutdown"`
 	// Control is the unix socket that "snigate status" and "snigate
 	// reload" talk to.
-	Control string      `yaml:"control"`
+	Control socketPath  `yaml:"control"`
 	Metrics MetricsSpec `yaml:"metrics"`
 }
 
@@ -166,39 +167,11 @@ func (c *Config) validate() error {
 	if len(c.Intercept.Interfaces) == 0 {
 		return errors.New("intercept.interfaces: at least one LAN interface is required")
 	}
-	for _, name := range c.Intercept.Interfaces {
-		if name == "" || len(name) >= 16 || strings.ContainsAny(name, "/ \t") {
-			return fmt.Errorf("intercept.interfaces: %q is not an interface name", name)
-		}
-	}
 	if len(c.Intercept.Ports) == 0 {
 		return errors.New("intercept.ports: at least one port is required")
 	}
 	if len(c.Listen) == 0 {
 		return errors.New("listen: at least one address is required")
-	}
-	if c.Hello.MaxBytes < 512 || c.Hello.MaxBytes > dataplane.DefaultMaxHello {
-		return fmt.Errorf("hello.max_bytes: %d not in 512-%d", c.Hello.MaxBytes,
-			dataplane.DefaultMaxHello)
-	}
-	if c.Upstream.CertCache < 1 {
-		return fmt.Errorf("upstream.cert_cache: %d is not a positive count", c.Upstream.CertCache)
-	}
-	if _, err := zapcore.ParseLevel(c.Log.Level); err != nil {
-		return fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level)
-	}
-	switch c.Log.Format {
-	case "auto", "json", "console", "journal":
-	default:
-		return fmt.Errorf("log.format: %q is not auto, json, console or journal", c.Log.Format)
-	}
-	if c.Metrics.Listen != "" {
-		if _, err := netip.ParseAddrPort(c.Metrics.Listen); err != nil {
-			return fmt.Errorf("metrics.listen: %q is not an address:port", c.Metrics.Listen)
-		}
-	}
-	if c.Control == "" || !strings.HasPrefix(c.Control, "/") {
-		return fmt.Errorf("control: %q is not an absolute socket path", c.Control)
 	}
 	if _, err := c.policy(); err != nil {
 		return fmt.Errorf("policy: %w", err)
@@ -318,7 +291,7 @@ func (a *action) UnmarshalYAML(n *yaml.Node) error {
 func (r *RuleSpec) UnmarshalYAML(n *yaml.Node) error {
 	type plain RuleSpec
 	var p plain
-	if err := n.Decode(&p); err != nil {
+	if err := decodeStrict(n, &p); err != nil {
 		return err
 	}
 	*r = RuleSpec(p)
@@ -329,6 +302,136 @@ func (r *RuleSpec) UnmarshalYAML(n *yaml.Node) error {
 	if r.Action == 0 {
 		return errAt(n, "rule has no action")
 	}
+	return nil
+}
+
+// decodeStrict decodes a mapping node into v, a pointer to a struct, and
+// rejects keys v has no field for. Node.Decode alone would ignore them: the
+// decoder's KnownFields setting does not reach custom unmarshalers.
+func decodeStrict(n *yaml.Node, v any) error {
+	if n.Kind == yaml.MappingNode {
+		known := map[string]bool{}
+		t := reflect.TypeOf(v).Elem()
+		for i := range t.NumField() {
+			if tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); tag != "" {
+				known[tag] = true
+			}
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; !known[k.Value] {
+				return errAt(k, "unknown key %q", k.Value)
+			}
+		}
+	}
+	return n.Decode(v)
+}
+
+// valueOf returns the value node of key in a mapping node, or nil.
+func valueOf(n *yaml.Node, key string) *yaml.Node {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+func (s *Intercept) UnmarshalYAML(n *yaml.Node) error {
+	type plain Intercept
+	p := plain(*s)
+	if err := decodeStrict(n, &p); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for i, name := range p.Interfaces {
+		at := valueOf(n, "interfaces")
+		if at != nil && i < len(at.Content) {
+			at = at.Content[i]
+		}
+		switch {
+		case name == "" || len(name) >= 16 || strings.ContainsAny(name, "/ \t"):
+			return errAt(at, "interface %q is not an interface name", name)
+		case name == "lo":
+			return errAt(at, "interface lo is not a LAN interface")
+		case seen[name]:
+			return errAt(at, "interface %q is listed twice", name)
+		}
+		seen[name] = true
+	}
+	*s = Intercept(p)
+	return nil
+}
+
+func (h *Hello) UnmarshalYAML(n *yaml.Node) error {
+	type plain Hello
+	p := plain(*h)
+	if err := decodeStrict(n, &p); err != nil {
+		return err
+	}
+	if p.MaxBytes < 512 || p.MaxBytes > dataplane.DefaultMaxHello {
+		return errAt(valueOf(n, "max_bytes"), "max_bytes %d not in 512-%d", p.MaxBytes,
+			dataplane.DefaultMaxHello)
+	}
+	*h = Hello(p)
+	return nil
+}
+
+func (u *Upstream) UnmarshalYAML(n *yaml.Node) error {
+	type plain Upstream
+	p := plain(*u)
+	if err := decodeStrict(n, &p); err != nil {
+		return err
+	}
+	if p.CertCache < 1 {
+		return errAt(valueOf(n, "cert_cache"), "cert_cache %d is not a positive count",
+			p.CertCache)
+	}
+	*u = Upstream(p)
+	return nil
+}
+
+func (l *LogSpec) UnmarshalYAML(n *yaml.Node) error {
+	type plain LogSpec
+	p := plain(*l)
+	if err := decodeStrict(n, &p); err != nil {
+		return err
+	}
+	if _, err := zapcore.ParseLevel(p.Level); err != nil {
+		return errAt(valueOf(n, "level"), "level %q is not debug, info, warn or error",
+			p.Level)
+	}
+	switch p.Format {
+	case "auto", "json", "console", "journal":
+	default:
+		return errAt(valueOf(n, "format"), "format %q is not auto, json, console or journal",
+			p.Format)
+	}
+	*l = LogSpec(p)
+	return nil
+}
+
+func (m *MetricsSpec) UnmarshalYAML(n *yaml.Node) error {
+	type plain MetricsSpec
+	p := plain(*m)
+	if err := decodeStrict(n, &p); err != nil {
+		return err
+	}
+	if p.Listen != "" {
+		if _, err := netip.ParseAddrPort(p.Listen); err != nil {
+			return errAt(valueOf(n, "listen"), "listen %q is not an address:port", p.Listen)
+		}
+	}
+	*m = MetricsSpec(p)
+	return nil
+}
+
+type socketPath string
+
+func (s *socketPath) UnmarshalYAML(n *yaml.Node) error {
+	if !strings.HasPrefix(n.Value, "/") {
+		return errAt(n, "control %q is not an absolute socket path", n.Value)
+	}
+	*s = socketPath(n.Value)
 	return nil
 }
 

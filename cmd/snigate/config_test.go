@@ -120,6 +120,26 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"rule without action", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
 			"    - sni: [a.test]\n", `:5: rule has no action`},
 		{"no interfaces", "listen: [\"127.0.0.1:1\"]\n", "intercept.interfaces"},
+		{"unknown key in a rule", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
+			"    - sni: [a.test]\n      action: bump\n      add_request_header: {X-A: b}\n",
+			`:7: unknown key "add_request_header"`},
+		{"bad header name", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
+			"    - sni: [a.test]\n      action: bump\n      add_request_headers: {\"X A\": b}\n",
+			`header name "X A"`},
+		{"loopback interface", "intercept:\n  interfaces: [lan0, lo]\n",
+			`:2: interface lo is not a LAN interface`},
+		{"duplicate interface", "intercept:\n  interfaces:\n    - lan0\n    - lan0\n",
+			`:4: interface "lan0" is listed twice`},
+		{"bad log level", "intercept:\n  interfaces: [lan0]\nlog:\n  level: loud\n",
+			`:4: level "loud" is not debug, info, warn or error`},
+		{"bad max_bytes", "intercept:\n  interfaces: [lan0]\nhello:\n  max_bytes: 100\n",
+			`:4: max_bytes 100 not in 512-16384`},
+		{"bad metrics address", "intercept:\n  interfaces: [lan0]\nmetrics:\n  listen: localhost\n",
+			`:4: listen "localhost" is not an address:port`},
+		{"relative control socket", "intercept:\n  interfaces: [lan0]\ncontrol: ctl.sock\n",
+			`:3: control "ctl.sock" is not an absolute socket path`},
+		{"bad verify_failure", "intercept:\n  interfaces: [lan0]\nupstream:\n  verify_failure: warn\n",
+			`:4: verify_failure "warn" is not reject or mimic`},
 		{"not yaml", "intercept: [\n", "snigate.yaml"},
 	}
 	for _, tt := range tests {
@@ -139,8 +159,23 @@ func TestLoadConfigErrors(t *testing.T) {
 func TestCheckCommand(t *testing.T) {
 	good := writeConfig(t, "intercept:\n  interfaces: [lan0]\npolicy:\n  default: splice\n")
 	var out, errOut bytes.Buffer
-	if code := dispatch([]string{"check", "--config", good}, &out, &errOut); code != 0 {
+	if code := dispatch([]string{"check", "--offline", "--config", good}, &out, &errOut); code != 0 {
 		t.Fatalf("check of a good file exited %d: %s", code, errOut.String())
+	}
+	// Without --offline, check looks for the interfaces on this host.
+	missing := writeConfig(t, "intercept:\n  interfaces: [sgnone0]\npolicy:\n  default: splice\n")
+	errOut.Reset()
+	if code := dispatch([]string{"check", "--config", missing}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), `no interface "sgnone0"`) {
+		t.Errorf("check with a missing interface: exit %d, %q", code, errOut.String())
+	}
+	// Extra roots are loaded as run would load them.
+	roots := writeConfig(t, "intercept:\n  interfaces: [lan0]\nupstream:\n"+
+		"  roots: [/nonexistent/roots.pem]\npolicy:\n  default: splice\n")
+	errOut.Reset()
+	if code := dispatch([]string{"check", "--offline", "--config", roots}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "/nonexistent/roots.pem") {
+		t.Errorf("check with missing roots: exit %d, %q", code, errOut.String())
 	}
 	bad := writeConfig(t, "intercept:\n  interfaces: [lan0]\n  ports: [0]\n")
 	out.Reset()
@@ -154,8 +189,9 @@ func TestCheckCommand(t *testing.T) {
 	// A bumping policy needs a usable CA, and check says which file is wrong.
 	missingCA := writeConfig(t, "intercept:\n  interfaces: [lan0]\nca:\n  cert: /nonexistent/ca.crt\n  key: /nonexistent/ca.key\n")
 	errOut.Reset()
-	if code := dispatch([]string{"check", "--config", missingCA}, &out, &errOut); code != 1 ||
-		!strings.Contains(errOut.String(), "/nonexistent/ca.crt") {
+	if code := dispatch([]string{"check", "--offline", "--config", missingCA}, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "/nonexistent/ca.crt") ||
+		!strings.Contains(errOut.String(), "snigate ca init") {
 		t.Errorf("check with a missing CA exited %d: %q", code, errOut.String())
 	}
 }

@@ -8,7 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
+
+	gwtls "github.com/snigate/snigate/tls"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -101,6 +104,8 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 func cmdCheck(args []string, stdout io.Writer) error {
 	fs := newFlagSet("check", stdout)
 	path := fs.String("config", defaultConfigPath, "configuration `file` to validate")
+	offline := fs.Bool("offline", false,
+		"skip the checks against this host (its interfaces), for a config made for another")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -108,12 +113,38 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkFiles(cfg); err != nil {
+		return fmt.Errorf("%s: %w", *path, err)
+	}
+	if !*offline {
+		for _, name := range cfg.Intercept.Interfaces {
+			if _, err := net.InterfaceByName(name); err != nil {
+				return fmt.Errorf("%s: intercept.interfaces: no interface %q on this host "+
+					"(use --offline to check a config for another host)", *path, name)
+			}
+		}
+	}
+	fmt.Fprintf(stdout, "%s: ok (%s, interfaces %v, ports %v)\n", *path,
+		plural(len(cfg.Policy.Rules), "rule"), cfg.Intercept.Interfaces, cfg.ports())
+	return nil
+}
+
+// checkFiles loads the files the configuration names, as run would.
+func checkFiles(cfg *Config) error {
+	if _, err := gwtls.LoadRoots(cfg.Upstream.Roots); err != nil {
+		return fmt.Errorf("upstream.roots: %w", err)
+	}
 	if cfg.usesBump() {
 		if _, err := loadCA(cfg); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d rules, interfaces %v, ports %v)\n", *path,
-		len(cfg.Policy.Rules), cfg.Intercept.Interfaces, cfg.ports())
 	return nil
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -44,11 +44,9 @@ func cmdRun(args []string, stderr io.Writer) error {
 	defer log.Sync()
 
 	g := &gateway{path: *path, cfg: cfg, log: log, level: level, started: time.Now()}
-	if err := g.run(); err != nil {
-		log.Error("exit", zap.Error(err))
-		return err
-	}
-	return nil
+	// The caller prints a failure once, on stderr, which under systemd is
+	// the journal as well.
+	return g.run()
 }
 
 const defaultConfigPath = "/etc/snigate/snigate.yaml"
@@ -219,7 +217,7 @@ func (g *gateway) start() error {
 		}
 		g.listeners = append(g.listeners, l)
 	}
-	if g.control, err = listenControl(g.cfg.Control, g.log); err != nil {
+	if g.control, err = listenControl(string(g.cfg.Control), g.log); err != nil {
 		return err
 	}
 	if err := g.startMetrics(); err != nil {
