@@ -29,7 +29,13 @@ func (s *Server) splice(cn *conn, cfg *Config, hello []byte, release func()) {
 	up2, down, err := relay(cn.client, up)
 	cn.up += up2
 	cn.down = down
-	if err != nil {
+	switch {
+	case err == nil:
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		// Peers abort connections all the time (a client closing with
+		// unread data sends a reset); the gateway did its part.
+		cn.reason = err.Error()
+	default:
 		cn.err = err
 	}
 }

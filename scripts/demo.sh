@@ -2,8 +2,9 @@
 # demo.sh: snigate doing its job in the network-namespace lab. It brings the
 # lab up, runs snigate in the gateway namespace with the default policy
 # (splice tunnel.cloudproxy.app and the mutual-TLS Google endpoints, bump the
-# rest), runs real clients from the client namespace, prints what each saw,
-# and tears everything down, also on failure. Run as root.
+# rest) plus a header rule for the bumped host, runs real clients from the
+# client namespace, prints what each saw, and tears everything down, also on
+# failure. Run as root.
 #
 # Environment: SNIGATE, LABSERVER, LABCLIENT (prebuilt binaries; built with
 # go otherwise), LAB_DIR (default /run/snigate-demo).
@@ -11,7 +12,9 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export LAB_DIR=${LAB_DIR:-/run/snigate-demo}
-export LAB_PREFIX=snigate
+# Its own prefix: a demo never tears down the test suite's lab or one
+# brought up by hand.
+export LAB_PREFIX=sgdemo
 GW_NS=$LAB_PREFIX-gw
 CLIENT_NS=$LAB_PREFIX-client
 BIN=$(mktemp -d /tmp/snigate-demo-bin.XXXXXX)
@@ -72,7 +75,7 @@ policy:
 log:
   format: json
 YAML
-"$SNIGATE" check --config "$LAB_DIR/snigate.yaml"
+ip netns exec "$GW_NS" "$SNIGATE" check --config "$LAB_DIR/snigate.yaml"
 
 ip netns exec "$GW_NS" "$SNIGATE" run --config "$LAB_DIR/snigate.yaml" 2>"$LOG" &
 SNIGATE_PID=$!
@@ -118,7 +121,7 @@ probe() {
 		printf 'demo: %s: got %s/%s, want %s/%s\n%s\n' "$target" "$action" "$result" \
 			"$want_action" "$want_result" "$out" >&2
 	fi
-	ROWS+=("$(printf '%-44s %-9s %-12s %-22s %-18s %s' "$target" "$client" "$action" "$issuer" "$result" "$verdict")")
+	ROWS+=("$(printf '%-44s %-9s %-12s %-24s %-18s %s' "$target" "$client" "$action" "$issuer" "$result" "$verdict")")
 }
 
 curl_get() { # curl_get CA HOST IP PORT [PATH]
@@ -145,7 +148,7 @@ probe "https://bad.example.test/ (untrusted cert)" curl bump refused curl_get "$
 probe "https://www.example.test:8443/ (not 443)" curl "not steered" ok curl_get "$ROOT" www.example.test 198.19.1.3 8443
 
 echo
-printf '%-44s %-9s %-12s %-22s %-18s %s\n' TARGET CLIENT ACTION ISSUER RESULT CHECK
+printf '%-44s %-9s %-12s %-24s %-18s %s\n' TARGET CLIENT ACTION ISSUER RESULT CHECK
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "the header policy, as the lab server behind the bump saw it:"

@@ -242,12 +242,18 @@ func TestMetrics(t *testing.T) {
 	inClient(t, "curl", "-sS", "--cacert", lab.gwCA, "--resolve",
 		"bad.example.test:443:"+badV4, "https://bad.example.test/")
 	d.connLog(t, map[string]string{"sni": "bad.example.test"})
-	// Connection lines are written when connections end; wait for all six.
+	// Connections are counted when they end; wait for all six.
 	deadline := time.Now().Add(5 * time.Second)
 	var m map[string]float64
 	for time.Now().Before(deadline) {
 		m = scrape(t)
-		if m[`snigate_hellos_total{result="named"}`] >= 6 {
+		ended := 0.0
+		for _, a := range []string{"splice", "bump", "block"} {
+			for _, o := range []string{"ok", "error"} {
+				ended += m[`snigate_connections_total{action="`+a+`",outcome="`+o+`"}`]
+			}
+		}
+		if ended >= 6 {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -26,10 +26,12 @@ import (
 	"github.com/vishvananda/netns"
 )
 
+// The tests' lab has its own prefix, so that "make demo" or a lab brought
+// up by hand (prefix "snigate") never tears it down mid-run.
 const (
-	nsClient  = "snigate-client"
-	nsGateway = "snigate-gw"
-	nsServers = "snigate-srv"
+	labPrefix = "sgtest"
+	nsClient  = labPrefix + "-client"
+	nsGateway = labPrefix + "-gw"
 
 	tunnelV4 = "198.19.1.2"
 	tunnelV6 = "2001:2:0:2::2"
@@ -96,7 +98,8 @@ func setupAndRun(m *testing.M) (int, error) {
 	}
 	lab.gwCA = filepath.Join(dir, "ca", "ca.crt")
 
-	labEnv := []string{"LAB_DIR=" + lab.labDir, "LABSERVER=" + labserver}
+	labEnv := []string{"LAB_PREFIX=" + labPrefix, "LAB_DIR=" + lab.labDir,
+		"LABSERVER=" + labserver}
 	down := func() { commandEnv(lab.root, labEnv, "scripts/lab.sh", "down") }
 	defer down()
 	if out, err := commandEnv(lab.root, labEnv, "scripts/lab.sh", "up"); err != nil {
