@@ -63,6 +63,9 @@ type Config struct {
 	// RulePriority is the priority of the fwmark rules; zero means
 	// DefaultRulePriority.
 	RulePriority int
+	// BlockQUIC drops UDP to the intercepted ports, so that browsers fall
+	// back from QUIC to TCP, where the policy applies.
+	BlockQUIC bool
 }
 
 func (c *Config) setDefaults() {
@@ -144,6 +147,13 @@ func (s *Steering) load() error {
 	}
 	if err := spec.Variables["steer_mark"].Set(s.cfg.Mark); err != nil {
 		return fmt.Errorf("set steer_mark to %#x: %w", s.cfg.Mark, err)
+	}
+	var blockQUIC uint8
+	if s.cfg.BlockQUIC {
+		blockQUIC = 1
+	}
+	if err := spec.Variables["block_quic"].Set(blockQUIC); err != nil {
+		return fmt.Errorf("set block_quic: %w", err)
 	}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
@@ -242,7 +252,10 @@ type Counters struct {
 	NoListener         uint64
 	AssignError        uint64
 	Unparsed           uint64
-	Local              uint64
+	NotForwarded       uint64
+	NoFlow             uint64
+	FragmentDropped    uint64
+	QUICDropped        uint64
 }
 
 // Counters reads and sums the per-CPU counters.
@@ -256,7 +269,10 @@ func (s *Steering) Counters() (Counters, error) {
 		steerCounterCOUNTER_NO_LISTENER:         &c.NoListener,
 		steerCounterCOUNTER_ASSIGN_ERROR:        &c.AssignError,
 		steerCounterCOUNTER_UNPARSED:            &c.Unparsed,
-		steerCounterCOUNTER_LOCAL:               &c.Local,
+		steerCounterCOUNTER_NOT_FORWARDED:       &c.NotForwarded,
+		steerCounterCOUNTER_NO_FLOW:             &c.NoFlow,
+		steerCounterCOUNTER_FRAGMENT_DROPPED:    &c.FragmentDropped,
+		steerCounterCOUNTER_QUIC_DROPPED:        &c.QUICDropped,
 	}
 	var perCPU []uint64
 	for i, f := range fields {

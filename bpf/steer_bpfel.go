@@ -23,8 +23,11 @@ const (
 	steerCounterCOUNTER_NO_LISTENER         steerCounter = 4
 	steerCounterCOUNTER_ASSIGN_ERROR        steerCounter = 5
 	steerCounterCOUNTER_UNPARSED            steerCounter = 6
-	steerCounterCOUNTER_LOCAL               steerCounter = 7
-	steerCounterCOUNTER_MAX                 steerCounter = 8
+	steerCounterCOUNTER_NOT_FORWARDED       steerCounter = 7
+	steerCounterCOUNTER_NO_FLOW             steerCounter = 8
+	steerCounterCOUNTER_FRAGMENT_DROPPED    steerCounter = 9
+	steerCounterCOUNTER_QUIC_DROPPED        steerCounter = 10
+	steerCounterCOUNTER_MAX                 steerCounter = 11
 )
 
 type steerLpmKey4 struct {
@@ -49,6 +52,7 @@ const (
 	steerMapListeners     = "listeners"
 	steerMapPorts         = "ports"
 	steerProgSteerIngress = "steer_ingress"
+	steerVarBlockQuic     = "block_quic"
 	steerVarSteerMark     = "steer_mark"
 )
 
@@ -112,6 +116,7 @@ type steerMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type steerVariableSpecs struct {
+	BlockQuic *ebpf.VariableSpec `ebpf:"block_quic"`
 	SteerMark *ebpf.VariableSpec `ebpf:"steer_mark"`
 }
 
@@ -156,6 +161,7 @@ func (m *steerMaps) Close() error {
 //
 // It can be passed to loadSteerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type steerVariables struct {
+	BlockQuic *ebpf.Variable `ebpf:"block_quic"`
 	SteerMark *ebpf.Variable `ebpf:"steer_mark"`
 }
 

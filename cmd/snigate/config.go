@@ -49,8 +49,11 @@ type Intercept struct {
 	Ports      []port     `yaml:"ports"`
 	Bypass     []prefix   `yaml:"bypass"`
 	Attach     attachMode `yaml:"attach"`
-	Mark       uint32     `yaml:"mark"`
-	Table      int        `yaml:"table"`
+	// BlockQUIC drops UDP to the intercepted ports so that browsers fall
+	// back from QUIC to TCP, where the policy applies.
+	BlockQUIC bool   `yaml:"block_quic"`
+	Mark      uint32 `yaml:"mark"`
+	Table     int    `yaml:"table"`
 }
 
 type CAFiles struct {
@@ -105,7 +108,8 @@ type Shutdown struct {
 // break their client certificates) and bumping everything else.
 func defaultConfig() Config {
 	return Config{
-		Intercept: Intercept{Ports: []port{443}, Attach: attachMode(bpf.ModeAuto)},
+		Intercept: Intercept{Ports: []port{443}, Attach: attachMode(bpf.ModeAuto),
+			BlockQUIC: true},
 		Listen: []addrPort{
 			addrPort(netip.MustParseAddrPort("127.0.0.1:15443")),
 			addrPort(netip.MustParseAddrPort("[::1]:15443")),

@@ -13,6 +13,9 @@ func steeringCounters(c bpf.Counters) map[string]uint64 {
 		"no_listener":         c.NoListener,
 		"assign_error":        c.AssignError,
 		"unparsed":            c.Unparsed,
-		"local":               c.Local,
+		"not_forwarded":       c.NotForwarded,
+		"no_flow":             c.NoFlow,
+		"fragment_dropped":    c.FragmentDropped,
+		"quic_dropped":        c.QUICDropped,
 	}
 }

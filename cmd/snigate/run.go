@@ -231,6 +231,7 @@ func (g *gateway) start() error {
 		Mode:       bpf.Mode(g.cfg.Intercept.Attach),
 		Mark:       g.cfg.Intercept.Mark,
 		Table:      g.cfg.Intercept.Table,
+		BlockQUIC:  g.cfg.Intercept.BlockQUIC,
 	})
 	if err != nil {
 		return err
