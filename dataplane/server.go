@@ -44,12 +44,16 @@ type Config struct {
 	MaxHello int
 	// DialTimeout bounds connecting to the original destination.
 	DialTimeout time.Duration
-	Logger      *zap.Logger
+	// HalfCloseTimeout is how long a spliced connection may stay open
+	// once one side has closed its direction.
+	HalfCloseTimeout time.Duration
+	Logger           *zap.Logger
 }
 
 const (
-	DefaultHelloTimeout = 10 * time.Second
-	DefaultDialTimeout  = 10 * time.Second
+	DefaultHelloTimeout     = 10 * time.Second
+	DefaultDialTimeout      = 10 * time.Second
+	DefaultHalfCloseTimeout = 2 * time.Minute
 )
 
 // Server accepts steered connections and applies the policy to each. It is
@@ -112,6 +116,9 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.HalfCloseTimeout <= 0 {
+		cfg.HalfCloseTimeout = DefaultHalfCloseTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -221,6 +228,7 @@ type conn struct {
 	dst        netip.AddrPort
 	start      time.Time
 	result     HelloResult
+	helloRead  bool // result holds how reading the hello ended
 	reason     string
 	sni        string
 	action     Action
@@ -262,6 +270,7 @@ func (s *Server) serve(cn *conn, cfg *Config) {
 	cn.client.SetReadDeadline(time.Now().Add(cfg.HelloTimeout))
 	// A silent client waits here without a hello buffer: thousands of
 	// them cost sockets and goroutines, not 16 KiB each.
+	cn.helloRead = true
 	if err := waitReadable(cn.client); err != nil {
 		cn.result = helloResult(0, err)
 		s.stats.hellos[cn.result].Add(1)
@@ -405,7 +414,7 @@ func (cn *conn) fields() []zap.Field {
 		zap.Int64(keyBytesDown, cn.down),
 		zap.Duration(keyDuration, time.Since(cn.start)),
 	}
-	if cn.action != 0 || cn.err != nil {
+	if cn.helloRead {
 		fields = append(fields, zap.Stringer(keyHello, cn.result))
 	}
 	if cn.reason != "" {

@@ -1,11 +1,14 @@
 package dataplane
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // splice connects to the original destination, replays the bytes the
@@ -26,7 +29,7 @@ func (s *Server) splice(cn *conn, cfg *Config, hello []byte, release func()) {
 		up.Close()
 		return
 	}
-	up2, down, err := relay(cn.client, up)
+	up2, down, err := relay(s.ctx, cn.client, up, cfg.HalfCloseTimeout)
 	cn.up += up2
 	cn.down = down
 	switch {
@@ -35,6 +38,8 @@ func (s *Server) splice(cn *conn, cfg *Config, hello []byte, release func()) {
 		// Peers abort connections all the time (a client closing with
 		// unread data sends a reset); the gateway did its part.
 		cn.reason = err.Error()
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		cn.reason = fmt.Sprintf("half-closed for longer than %v", cfg.HalfCloseTimeout)
 	default:
 		cn.err = err
 	}
@@ -44,9 +49,12 @@ func (s *Server) splice(cn *conn, cfg *Config, hello []byte, release func()) {
 // have ended, then closes both. *net.TCPConn.ReadFrom with a TCP source moves
 // the bytes with splice(2) through a pipe, so the payload never enters user
 // space. An EOF on one side is passed on as a half-close (FIN) to the other,
-// which keeps protocols that half-close working; an error on either side
-// closes both, since the other direction then has no one to talk to.
-func relay(client, upstream *net.TCPConn) (up, down int64, err error) {
+// which keeps protocols that half-close working; the other direction then
+// has halfClose to finish, so a peer that never closes its side cannot hold
+// the connection forever. An error on either side closes both, since the
+// other direction then has no one to talk to, and so does ctx ending.
+func relay(ctx context.Context, client, upstream *net.TCPConn,
+	halfClose time.Duration) (up, down int64, err error) {
 	var (
 		wg       sync.WaitGroup
 		once     sync.Once
@@ -64,20 +72,26 @@ func relay(client, upstream *net.TCPConn) (up, down int64, err error) {
 			upstream.Close()
 		})
 	}
+	// A shutdown past its drain time ends the relay from outside; closing
+	// only the client would leave a direction blocked on a silent upstream.
+	stop := context.AfterFunc(ctx, func() { fail(net.ErrClosed) })
+	defer stop()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		down = pipe(upstream, client, "upstream to client", fail)
+		down = pipe(upstream, client, "upstream to client", halfClose, fail)
 	}()
-	up = pipe(client, upstream, "client to upstream", fail)
+	up = pipe(client, upstream, "client to upstream", halfClose, fail)
 	wg.Wait()
 	client.Close()
 	upstream.Close()
 	return up, down, firstErr
 }
 
-// pipe moves src to dst until EOF, then half-closes dst.
-func pipe(src, dst *net.TCPConn, dir string, fail func(error)) int64 {
+// pipe moves src to dst until EOF, then half-closes dst and gives the
+// other direction, which reads from dst, halfClose to end.
+func pipe(src, dst *net.TCPConn, dir string, halfClose time.Duration,
+	fail func(error)) int64 {
 	n, err := dst.ReadFrom(src)
 	if err != nil {
 		fail(fmt.Errorf("relay %s: %w", dir, err))
@@ -86,6 +100,7 @@ func pipe(src, dst *net.TCPConn, dir string, fail func(error)) int64 {
 	if err := dst.CloseWrite(); err != nil && !peerGone(err) {
 		fail(fmt.Errorf("half-close %s: %w", dir, err))
 	}
+	dst.SetReadDeadline(time.Now().Add(halfClose))
 	return n
 }
 

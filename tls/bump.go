@@ -23,6 +23,9 @@ var errRefused = errors.New("refused: upstream not verified")
 // defaultHandshakeTimeout applies when BumpConfig.HandshakeTimeout is 0.
 const defaultHandshakeTimeout = 10 * time.Second
 
+// defaultHalfCloseTimeout applies when BumpConfig.HalfCloseTimeout is 0.
+const defaultHalfCloseTimeout = 2 * time.Minute
+
 // VerifyFailureMode says what a client is shown when the upstream server's
 // certificate fails verification.
 type VerifyFailureMode int
@@ -68,6 +71,9 @@ type BumpConfig struct {
 	Roots *x509.CertPool
 	// HandshakeTimeout bounds each of the two handshakes; 0 means 10s.
 	HandshakeTimeout time.Duration
+	// HalfCloseTimeout is how long a raw-relayed connection may stay open
+	// once one side has closed its direction; 0 means 2 minutes.
+	HalfCloseTimeout time.Duration
 	// VerifyFailure says what the client sees when the upstream fails
 	// verification; the zero value is VerifyReject.
 	VerifyFailure VerifyFailureMode
@@ -108,6 +114,9 @@ type BumpResult struct {
 func NewBumper(cfg BumpConfig) *Bumper {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	if cfg.HalfCloseTimeout <= 0 {
+		cfg.HalfCloseTimeout = defaultHalfCloseTimeout
 	}
 	return &Bumper{cfg: cfg, upstreamHTTP: newUpstreamTransports()}
 }
@@ -193,7 +202,7 @@ func (b *Bumper) plaintext(
 	}
 	if !res.HTTP {
 		var err error
-		res.BytesUp, res.BytesDown, err = relay(client, up)
+		res.BytesUp, res.BytesDown, err = relay(client, up, b.cfg.HalfCloseTimeout)
 		return err
 	}
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // plainConn is the plaintext side of a TLS connection: a *tls.Conn, or
@@ -21,9 +22,10 @@ type plainConn interface {
 
 // relay copies plaintext between the client (down) and upstream (up) until
 // both directions end, and returns the bytes copied each way. The end of
-// one direction is passed on as a half-close; any other failure ends both.
-func relay(down, up plainConn) (bytesUp, bytesDown int64, err error) {
-	r := &relayState{conns: [2]plainConn{down, up}}
+// one direction is passed on as a half-close, and the other direction then
+// has halfClose to end; any other failure ends both.
+func relay(down, up plainConn, halfClose time.Duration) (bytesUp, bytesDown int64, err error) {
+	r := &relayState{conns: [2]plainConn{down, up}, halfClose: halfClose}
 	var wg sync.WaitGroup
 	wg.Go(func() { bytesUp = r.copy(up, down, "client to upstream") })
 	wg.Go(func() { bytesDown = r.copy(down, up, "upstream to client") })
@@ -33,9 +35,10 @@ func relay(down, up plainConn) (bytesUp, bytesDown int64, err error) {
 
 // relayState holds what the two directions of a relay share.
 type relayState struct {
-	conns [2]plainConn
-	once  sync.Once
-	err   error
+	conns     [2]plainConn
+	halfClose time.Duration
+	once      sync.Once
+	err       error
 }
 
 // copy moves src's plaintext to dst and returns the bytes written.
@@ -48,6 +51,9 @@ func (r *relayState) copy(dst, src plainConn, direction string) int64 {
 		if err = closeWrite(dst); peerGone(err) {
 			err = nil
 		}
+		// The other direction reads from dst; a peer that never closes
+		// its side must not hold the connection forever.
+		dst.NetConn().SetReadDeadline(time.Now().Add(r.halfClose))
 	}
 	if err != nil {
 		r.fail(fmt.Errorf("relay %s: %w", direction, err))

@@ -1,0 +1,108 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.DialTCP("tcp", nil, l.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := l.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+type relayResult struct {
+	up, down int64
+	err      error
+}
+
+func startRelay(ctx context.Context, client, upstream *net.TCPConn,
+	halfClose time.Duration) chan relayResult {
+	done := make(chan relayResult, 1)
+	go func() {
+		up, down, err := relay(ctx, client, upstream, halfClose)
+		done <- relayResult{up, down, err}
+	}()
+	return done
+}
+
+// Bytes cross both ways and a half-close is passed on; the relay ends when
+// both directions have.
+func TestRelayHalfClose(t *testing.T) {
+	clientApp, clientSide := tcpPair(t)
+	upstreamSide, serverApp := tcpPair(t)
+	done := startRelay(context.Background(), clientSide, upstreamSide, time.Minute)
+
+	clientApp.Write([]byte("request"))
+	clientApp.CloseWrite()
+	got, _ := io.ReadAll(serverApp) // ends at the FIN the relay passed on
+	if string(got) != "request" {
+		t.Fatalf("server read %q", got)
+	}
+	serverApp.Write([]byte("response"))
+	serverApp.CloseWrite()
+	back, _ := io.ReadAll(clientApp)
+	if string(back) != "response" {
+		t.Fatalf("client read %q", back)
+	}
+	r := <-done
+	if r.err != nil || r.up != 7 || r.down != 8 {
+		t.Errorf("relay = %d up, %d down, %v; want 7, 8, nil", r.up, r.down, r.err)
+	}
+}
+
+// A client that half-closes towards a server that never answers nor closes
+// is cut after the half-close timeout instead of holding the connection.
+func TestRelayHalfCloseTimeout(t *testing.T) {
+	clientApp, clientSide := tcpPair(t)
+	upstreamSide, _ := tcpPair(t)
+	done := startRelay(context.Background(), clientSide, upstreamSide, 200*time.Millisecond)
+	clientApp.CloseWrite()
+	select {
+	case r := <-done:
+		if !errors.Is(r.err, os.ErrDeadlineExceeded) {
+			t.Errorf("relay error %v, want the deadline", r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay still running 5s after a 200ms half-close timeout")
+	}
+}
+
+// Ending the context (a shutdown past its drain time) ends the relay even
+// when one direction waits on a silent upstream.
+func TestRelayContextEnds(t *testing.T) {
+	clientApp, clientSide := tcpPair(t)
+	upstreamSide, _ := tcpPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := startRelay(ctx, clientSide, upstreamSide, time.Hour)
+	clientApp.CloseWrite()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Errorf("relay ended by its context reported %v", r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay still running 5s after its context ended")
+	}
+}
