@@ -33,6 +33,7 @@ type Config struct {
 	Policy   PolicySpec `yaml:"policy"`
 	Log      LogSpec    `yaml:"log"`
 	Shutdown Shutdown   `yaml:"shutdown"`
+	Relay    RelaySpec  `yaml:"relay"`
 	// Control is the unix socket that "snigate status" and "snigate
 	// reload" talk to.
 	Control socketPath  `yaml:"control"`
@@ -103,6 +104,12 @@ type Shutdown struct {
 	Drain duration `yaml:"drain"`
 }
 
+type RelaySpec struct {
+	// HalfCloseTimeout is how long a relayed connection may stay open
+	// after one side has closed its direction.
+	HalfCloseTimeout duration `yaml:"half_close_timeout"`
+}
+
 // defaultConfig is what an empty file means: the office default of splicing
 // Google Cloud IAP tunnels and the mutual-TLS Google endpoints (a bump would
 // break their client certificates) and bumping everything else.
@@ -134,6 +141,7 @@ func defaultConfig() Config {
 		},
 		Log:      LogSpec{Level: "info", Format: "auto"},
 		Shutdown: Shutdown{Drain: duration(5 * time.Second)},
+		Relay:    RelaySpec{HalfCloseTimeout: duration(dataplane.DefaultHalfCloseTimeout)},
 		Control:  defaultControlPath,
 	}
 }
@@ -176,6 +184,23 @@ func (c *Config) validate() error {
 	}
 	if len(c.Listen) == 0 {
 		return errors.New("listen: at least one address is required")
+	}
+	families := map[bool]string{}
+	for _, a := range c.Listen {
+		is4 := netip.AddrPort(a).Addr().Is4()
+		if prev, ok := families[is4]; ok {
+			return fmt.Errorf("listen: %s and %s are of one address family; "+
+				"give one listener per family", prev, a)
+		}
+		families[is4] = a.String()
+	}
+	for _, f := range []struct {
+		key string
+		a   action
+	}{{"not_tls", c.Policy.NotTLS}, {"malformed", c.Policy.Malformed}} {
+		if dataplane.Action(f.a) == dataplane.ActionBump {
+			return fmt.Errorf("policy.%s: bump needs a TLS hello; use splice or block", f.key)
+		}
 	}
 	if _, err := c.policy(); err != nil {
 		return fmt.Errorf("policy: %w", err)
@@ -306,6 +331,10 @@ func (r *RuleSpec) UnmarshalYAML(n *yaml.Node) error {
 	if r.Action == 0 {
 		return errAt(n, "rule has no action")
 	}
+	if len(r.AddRequestHeaders) > 0 && dataplane.Action(r.Action) != dataplane.ActionBump {
+		return errAt(n, "add_request_headers needs action bump: a %s rule never sees "+
+			"the requests", dataplane.Action(r.Action))
+	}
 	return nil
 }
 
@@ -361,6 +390,12 @@ func (s *Intercept) UnmarshalYAML(n *yaml.Node) error {
 			return errAt(at, "interface %q is listed twice", name)
 		}
 		seen[name] = true
+	}
+	// 253-255 are the kernel's default, main and local tables: a local
+	// default route there would swallow all forwarded traffic.
+	if p.Table < 0 || p.Table >= 253 && p.Table <= 255 {
+		return errAt(valueOf(n, "table"), "table %d is reserved or invalid; "+
+			"use a free table number such as %d", p.Table, bpf.DefaultTable)
 	}
 	*s = Intercept(p)
 	return nil

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/snigate/snigate/bpf"
 	"github.com/snigate/snigate/dataplane"
 )
@@ -138,6 +140,15 @@ func TestLoadConfigErrors(t *testing.T) {
 			`:4: listen "localhost" is not an address:port`},
 		{"relative control socket", "intercept:\n  interfaces: [lan0]\ncontrol: ctl.sock\n",
 			`:3: control "ctl.sock" is not an absolute socket path`},
+		{"reserved table", "intercept:\n  interfaces: [lan0]\n  table: 255\n",
+			`:3: table 255 is reserved`},
+		{"two IPv4 listeners", "intercept:\n  interfaces: [lan0]\n" +
+			"listen: [\"127.0.0.1:1\", \"127.0.0.2:1\"]\n", "one listener per family"},
+		{"headers on a splice rule", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
+			"    - sni: [a.test]\n      action: splice\n      add_request_headers: {X-A: b}\n",
+			`:5: add_request_headers needs action bump`},
+		{"bump for not_tls", "intercept:\n  interfaces: [lan0]\npolicy:\n  not_tls: bump\n",
+			"policy.not_tls: bump needs a TLS hello"},
 		{"bad verify_failure", "intercept:\n  interfaces: [lan0]\nupstream:\n  verify_failure: warn\n",
 			`:4: verify_failure "warn" is not reject or mimic`},
 		{"not yaml", "intercept: [\n", "snigate.yaml"},
@@ -232,5 +243,18 @@ func TestStatusWithoutDaemon(t *testing.T) {
 	if code := dispatch([]string{"status", "--control", sock}, &out, &errOut); code != 1 ||
 		!strings.Contains(errOut.String(), "not running") {
 		t.Errorf("status without a daemon: exit %d, %q", code, errOut.String())
+	}
+}
+
+// A control path that names a regular file is refused, and the file kept.
+func TestControlPathNotASocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notes.txt")
+	os.WriteFile(path, []byte("keep me"), 0o644)
+	if cs, err := listenControl(path, zap.NewNop()); err == nil {
+		cs.close()
+		t.Fatal("listenControl replaced a regular file")
+	}
+	if data, _ := os.ReadFile(path); string(data) != "keep me" {
+		t.Errorf("the file at the control path changed: %q", data)
 	}
 }

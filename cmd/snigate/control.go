@@ -52,7 +52,14 @@ func listenControl(path string, log *zap.Logger) (*controlServer, error) {
 		c.Close()
 		return nil, fmt.Errorf("control socket %s is in use: is snigate already running?", path)
 	}
-	os.Remove(path)
+	// Only a socket left by an earlier run is removed: a mistyped path
+	// must not cost the operator a file.
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("control %s exists and is not a socket", path)
+		}
+		os.Remove(path)
+	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listen on control socket: %w", err)

@@ -257,6 +257,8 @@ func (g *gateway) dataplaneConfig(cfg *Config) (dataplane.Config, error) {
 		MaxHello:     cfg.Hello.MaxBytes,
 		DialTimeout:  time.Duration(cfg.Upstream.DialTimeout),
 		Logger:       g.log.Named("dataplane"),
+
+		HalfCloseTimeout: time.Duration(cfg.Relay.HalfCloseTimeout),
 	}
 	if cfg.usesBump() {
 		if dcfg.Bump, err = g.bumper(cfg); err != nil {
@@ -285,7 +287,8 @@ func (g *gateway) bumper(cfg *Config) (dataplane.BumpFunc, error) {
 	g.forger.Store(forger)
 	g.caRaw = ca.Cert.Raw
 	b := gwtls.NewBumper(gwtls.BumpConfig{Forger: forger, Roots: roots,
-		VerifyFailure: gwtls.VerifyFailureMode(cfg.Upstream.VerifyFailure)})
+		VerifyFailure:    gwtls.VerifyFailureMode(cfg.Upstream.VerifyFailure),
+		HalfCloseTimeout: time.Duration(cfg.Relay.HalfCloseTimeout)})
 	// Per-rule request headers, by rule index as the policy reports it.
 	ruleHeaders := make([]http.Header, len(cfg.Policy.Rules))
 	for i, r := range cfg.Policy.Rules {
