@@ -27,9 +27,6 @@ type BumpRequest struct {
 	ServerName string
 	// ALPN lists the protocols the client offered.
 	ALPN []string
-	// Rule is the index of the policy rule that chose the bump, or -1
-	// when a fallback action (default, no_sni, ...) did.
-	Rule int
 }
 
 // Config is what a Server needs. Zero durations take the defaults below.
@@ -400,7 +397,7 @@ func (s *Server) bump(cn *conn, cfg *Config, h *Hello, release func()) {
 
 	client := &replayConn{Conn: cn.client, pending: replay}
 	cn.up, cn.down, cn.err = cfg.Bump(s.ctx, client, up, BumpRequest{
-		Client: cn.clientAddr, Dst: cn.dst, ServerName: sni, ALPN: alpn, Rule: cn.rule,
+		Client: cn.clientAddr, Dst: cn.dst, ServerName: sni, ALPN: alpn,
 	})
 }
 

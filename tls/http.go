@@ -22,6 +22,12 @@ type BumpOptions struct {
 	// HTTP/1.1 and HTTP/2 alike, replacing any value the client sent.
 	// Optional; Bump does not modify it.
 	AddRequestHeaders http.Header
+	// HeadersFor, if not nil, replaces AddRequestHeaders: it is asked for
+	// the headers of each request by the request's host (without port).
+	// A client may send requests for several hosts over one connection
+	// (HTTP/2 coalescing, or a Host that differs from the SNI), so a policy
+	// keyed on names must look at each request, not at the SNI.
+	HeadersFor func(host string) http.Header
 	// OnRequest, if not nil, is called once per finished request (a
 	// WebSocket session counting as one), from the goroutine that served
 	// it; calls for requests of one HTTP/2 connection may overlap.

@@ -1,6 +1,7 @@
 package tls
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -466,5 +467,71 @@ func TestBumpHTTPUpstreamIdleClose(t *testing.T) {
 				t.Errorf("Bump result %+v, error %v", o.res, o.err)
 			}
 		})
+	}
+}
+
+// Headers follow each request's host, not the connection's SNI: a request
+// for another name on the same connection gets that name's headers.
+func TestBumpHeadersFollowHost(t *testing.T) {
+	lab := newBumpLab(t)
+	upAddr := startHTTPUpstream(t, lab)
+	asked := make(chan string, 4)
+	opts := BumpOptions{HeadersFor: func(host string) http.Header {
+		asked <- host
+		if host == "other.test" {
+			return http.Header{"X-Policy": {"other"}}
+		}
+		return http.Header{"X-Policy": {"sni"}}
+	}}
+	addr, _ := startBumpOpts(t, context.Background(), lab, upAddr, "up.test",
+		[]string{"http/1.1"}, opts)
+	client := httpClient(t, lab, addr, "http/1.1")
+	for host, want := range map[string]string{"up.test": "sni", "other.test": "other"} {
+		req, _ := http.NewRequest("GET", "https://up.test/headers", nil)
+		req.Host = host
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET with Host %s: %v", host, err)
+		}
+		var got echoedRequest
+		json.NewDecoder(res.Body).Decode(&got)
+		res.Body.Close()
+		if v := got.Header.Get("X-Policy"); v != want {
+			t.Errorf("Host %s: upstream saw X-Policy %q, want %q", host, v, want)
+		}
+		if h := <-asked; h != host {
+			t.Errorf("HeadersFor asked for %q, want %q", h, host)
+		}
+	}
+}
+
+// An HTTP/1.1 client that half-closes after its request (close_notify and
+// FIN, as some scripts do) still gets the answer, not a 502. Before the fix
+// most tries failed, so several are made.
+func TestBumpHTTP1HalfClosedClient(t *testing.T) {
+	lab := newBumpLab(t)
+	upAddr := startHTTPUpstream(t, lab)
+	for i := range 5 {
+		addr, _ := startBumpOpts(t, context.Background(), lab, upAddr, "up.test",
+			[]string{"http/1.1"}, BumpOptions{})
+		c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "up.test",
+			RootCAs: poolOf(lab.ca.Cert), NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET /headers HTTP/1.1\r\nHost: up.test\r\n\r\n")
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		c.NetConn().(*net.TCPConn).CloseWrite()
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		c.Close()
+		if err != nil {
+			t.Fatalf("try %d: read response: %v", i, err)
+		}
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("try %d: status %d, want 200", i, res.StatusCode)
+		}
 	}
 }

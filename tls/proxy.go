@@ -1,8 +1,10 @@
 package tls
 
 import (
+	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"slices"
@@ -44,6 +46,14 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer p.gate.leave()
 
 	ex := &exchange{start: time.Now()}
+	if r.ProtoMajor == 1 {
+		// net/http cancels an HTTP/1.x request's context when the client's
+		// read side ends, and a client that half-closes after its request
+		// (close_notify, FIN) still waits for the answer. The upstream
+		// request must not be cancelled by that; a client that is really
+		// gone fails the response write instead.
+		r = r.WithContext(context.WithoutCancel(r.Context()))
+	}
 	r.Body = &countedBody{ReadCloser: r.Body, n: &ex.up}
 	rw := &exchangeWriter{ResponseWriter: w, ex: ex}
 	// ReverseProxy panics with http.ErrAbortHandler when it cannot copy
@@ -100,7 +110,11 @@ func (p *httpProxy) roundTrip(ex *exchange, in, out *http.Request) (*http.Respon
 	} else {
 		delete(out.Header, "X-Forwarded-For")
 	}
-	for k, v := range p.opts.AddRequestHeaders {
+	add := p.opts.AddRequestHeaders
+	if p.opts.HeadersFor != nil {
+		add = p.opts.HeadersFor(hostWithoutPort(out.URL.Host))
+	}
+	for k, v := range add {
 		out.Header[http.CanonicalHeaderKey(k)] = slices.Clone(v)
 	}
 
@@ -118,6 +132,15 @@ func (p *httpProxy) roundTrip(ex *exchange, in, out *http.Request) (*http.Respon
 		}
 	}
 	return res, nil
+}
+
+// hostWithoutPort returns the host part of a URL host ("a.test:8443",
+// "[2001:db8::1]:443", "a.test").
+func hostWithoutPort(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return strings.Trim(hostport, "[]")
 }
 
 // report passes the finished exchange to OnRequest.

@@ -289,21 +289,39 @@ func (g *gateway) bumper(cfg *Config) (dataplane.BumpFunc, error) {
 	b := gwtls.NewBumper(gwtls.BumpConfig{Forger: forger, Roots: roots,
 		VerifyFailure:    gwtls.VerifyFailureMode(cfg.Upstream.VerifyFailure),
 		HalfCloseTimeout: time.Duration(cfg.Relay.HalfCloseTimeout)})
-	// Per-rule request headers, by rule index as the policy reports it.
-	ruleHeaders := make([]http.Header, len(cfg.Policy.Rules))
-	for i, r := range cfg.Policy.Rules {
-		ruleHeaders[i] = http.Header(r.AddRequestHeaders)
+	headersFor, err := requestHeaders(cfg)
+	if err != nil {
+		return nil, err
 	}
 	access := g.log.Named("http")
 	return func(ctx context.Context, client, upstream net.Conn,
 		req dataplane.BumpRequest) (int64, int64, error) {
-		opts := gwtls.BumpOptions{OnRequest: accessLogger(access, req)}
-		if req.Rule >= 0 && req.Rule < len(ruleHeaders) {
-			opts.AddRequestHeaders = ruleHeaders[req.Rule]
-		}
+		opts := gwtls.BumpOptions{OnRequest: accessLogger(access, req), HeadersFor: headersFor}
 		res, err := b.Bump(ctx, client, upstream, req.ServerName, req.ALPN, opts)
 		g.bumpFails.count(err)
 		return res.BytesUp, res.BytesDown, err
+	}, nil
+}
+
+// requestHeaders returns the lookup of the headers to add to a bumped
+// request: those of the bump rule that the request's own host matches.
+// Matching each request, rather than the connection's SNI, keeps the policy
+// right when a client sends several hosts over one connection.
+func requestHeaders(cfg *Config) (func(host string) http.Header, error) {
+	policy, err := cfg.policy()
+	if err != nil {
+		return nil, err
+	}
+	byRule := make([]http.Header, len(cfg.Policy.Rules))
+	for i, r := range cfg.Policy.Rules {
+		byRule[i] = http.Header(r.AddRequestHeaders)
+	}
+	return func(host string) http.Header {
+		action, rule := policy.Decide([]byte(host))
+		if rule < 0 || action != dataplane.ActionBump {
+			return nil
+		}
+		return byRule[rule]
 	}, nil
 }
 

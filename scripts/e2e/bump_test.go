@@ -60,6 +60,20 @@ func TestBumpHTTPVersionsAndHeaders(t *testing.T) {
 				"status": "200", "host": "www.example.test"})
 		})
 	}
+	// The header follows the request's Host, not the SNI the connection
+	// was opened with (as when a browser reuses a connection).
+	t.Run("host differs from sni", func(t *testing.T) {
+		out, errOut, err := inClient(t, "curl", "-sS", "--cacert", lab.gwCA,
+			"-H", "Host: www.example.test", "--resolve", "example.test:443:"+webV4,
+			"https://example.test/headers")
+		if err != nil {
+			t.Fatalf("curl: %v\n%s", err, errOut)
+		}
+		if !strings.Contains(out, `"X-Googapps-Allowed-Domains":["example.com"]`) {
+			t.Errorf("request for Host www.example.test over SNI example.test lacks "+
+				"the header: %s", out)
+		}
+	})
 	t.Run("websocket", func(t *testing.T) {
 		wsEcho(t, clientHTTP(webV4, lab.gwRoot), "wss://www.example.test/ws")
 		d.waitAccessLog(t, map[string]string{"path": "/ws", "websocket": "true",
