@@ -143,6 +143,22 @@ func clsactEmpty(iface *net.Interface) (bool, error) {
 	return true, nil
 }
 
+// removeEmptyClsact deletes iface's clsact qdisc if no filter is left on it.
+func removeEmptyClsact(iface *net.Interface) error {
+	present, err := hasClsact(iface.Index)
+	if err != nil || !present {
+		return err
+	}
+	empty, err := clsactEmpty(iface)
+	if err != nil || !empty {
+		return err
+	}
+	if err := netlink.QdiscDel(clsact(iface.Index)); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete clsact qdisc of %s: %w", iface.Name, err)
+	}
+	return nil
+}
+
 // removeStaleFilters deletes snigate's cls_bpf filters from iface's ingress
 // and reports whether there were any.
 func removeStaleFilters(iface *net.Interface) (bool, error) {

@@ -332,11 +332,48 @@ func attach(ifname string, mode Mode, prog *ebpf.Program) (attachment, error) {
 	}
 	if mode == ModeTCX || mode == ModeAuto {
 		a, err := attachTCX(iface, prog)
+		if err == nil && staleRemoved {
+			// The killed run was in legacy mode and left its clsact
+			// qdisc; nobody else will remove it.
+			err = removeEmptyClsact(iface)
+		}
 		if err == nil || mode == ModeTCX || !errors.Is(err, ebpf.ErrNotSupported) {
 			return a, err
 		}
 	}
 	return attachLegacy(iface, prog, staleRemoved)
+}
+
+// Cleanup removes what a run with cfg may have left behind when it was
+// killed: its cls_bpf filters (and their clsact qdisc when nothing else is
+// on it) and its policy routing. TCX links need nothing: they end with the
+// process. It is what a service manager runs after the daemon stops, and it
+// is harmless after a clean stop. Missing interfaces are skipped.
+func Cleanup(cfg Config) error {
+	cfg.setDefaults()
+	var errs []error
+	for _, name := range cfg.Interfaces {
+		iface, err := net.InterfaceByName(name)
+		if err != nil {
+			continue
+		}
+		removed, err := removeStaleFilters(iface)
+		if err == nil && removed {
+			err = removeEmptyClsact(iface)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	routes, err := localRoutes(cfg.Table)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	stale := &routing{rules: markRules(cfg.Mark, cfg.Table, cfg.RulePriority), routes: routes}
+	if err := stale.remove(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 type tcxAttachment struct {

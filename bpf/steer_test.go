@@ -208,3 +208,47 @@ func TestParseMode(t *testing.T) {
 		t.Errorf("ParseMode(xdp) error = %v", err)
 	}
 }
+
+// What a killed legacy run leaves (filter, clsact qdisc, rules, routes) is
+// removed by Cleanup, and by the next Attach in TCX mode.
+func TestCleanupAfterKill(t *testing.T) {
+	for _, next := range []string{"cleanup", "tcx attach"} {
+		t.Run(next, func(t *testing.T) {
+			inFreshNetns(t, func() {
+				cfg := Config{Interfaces: []string{"lan0"}, Ports: []uint16{443},
+					Mode: ModeLegacy}
+				s, err := Attach(cfg)
+				if err != nil {
+					t.Fatalf("Attach: %v", err)
+				}
+				// As after SIGKILL: the program and maps go, the filter
+				// (holding its own reference), qdisc and routing stay.
+				s.objs.Close()
+				lan, _ := net.InterfaceByName("lan0")
+				if present, _ := hasClsact(lan.Index); !present || countRules(t) != 2 {
+					t.Fatal("the simulated kill left nothing behind to clean")
+				}
+				if next == "cleanup" {
+					if err := Cleanup(cfg); err != nil {
+						t.Fatalf("Cleanup: %v", err)
+					}
+				} else {
+					cfg.Mode = ModeTCX
+					s2, err := Attach(cfg)
+					if err != nil {
+						t.Fatalf("Attach after kill: %v", err)
+					}
+					if err := s2.Close(); err != nil {
+						t.Fatalf("Close: %v", err)
+					}
+				}
+				if present, _ := hasClsact(lan.Index); present {
+					t.Error("clsact qdisc left behind")
+				}
+				if n := countRules(t); n != 0 {
+					t.Errorf("%d rules left behind", n)
+				}
+			})
+		})
+	}
+}

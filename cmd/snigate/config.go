@@ -243,6 +243,19 @@ func (c *Config) usesBump() bool {
 	return false
 }
 
+// steeringConfig is what the eBPF loader needs.
+func (c *Config) steeringConfig() bpf.Config {
+	return bpf.Config{
+		Interfaces: c.Intercept.Interfaces,
+		Ports:      c.ports(),
+		Bypass:     c.bypass(),
+		Mode:       bpf.Mode(c.Intercept.Attach),
+		Mark:       c.Intercept.Mark,
+		Table:      c.Intercept.Table,
+		BlockQUIC:  c.Intercept.BlockQUIC,
+	}
+}
+
 func (c *Config) ports() []uint16 {
 	out := make([]uint16, len(c.Intercept.Ports))
 	for i, p := range c.Intercept.Ports {

@@ -224,7 +224,7 @@ func TestCAInitCommand(t *testing.T) {
 // Every command answers --help with its flags and exit code 0.
 func TestHelpEverywhere(t *testing.T) {
 	for _, args := range [][]string{{"--help"}, {"run", "--help"}, {"check", "--help"},
-		{"status", "--help"}, {"reload", "--help"}, {"ca", "init", "--help"},
+		{"status", "--help"}, {"reload", "--help"}, {"cleanup", "--help"}, {"ca", "init", "--help"},
 		{"ca", "import", "--help"}, {"ca", "export", "--help"}, {"ca", "--help"},
 		{"version"}} {
 		var out, errOut bytes.Buffer

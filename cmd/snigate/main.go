@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 
+	"github.com/snigate/snigate/bpf"
 	gwtls "github.com/snigate/snigate/tls"
 )
 
@@ -24,6 +25,7 @@ commands:
   check --config FILE       validate a configuration file (and its CA) and exit
   status [--json]           show the running daemon's attachments and counters
   reload                    make the running daemon re-read its configuration
+  cleanup --config FILE     remove what a killed daemon left (filters, routing rules)
   ca init --out DIR         create a new gateway CA (ca.crt, ca.key, ca.der)
   ca import --cert FILE     take over an existing CA (e.g. Squid's key+cert PEM)
   ca export --pem|--der     print the gateway CA certificate for client trust stores
@@ -54,6 +56,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		err = cmdStatus(args[1:], stdout)
 	case "reload":
 		err = cmdReload(args[1:], stdout)
+	case "cleanup":
+		err = cmdCleanup(args[1:], stdout)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "snigate %s\n", version)
 		return 0
@@ -127,6 +131,22 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "%s: ok (%s, interfaces %v, ports %v)\n", *path,
 		plural(len(cfg.Policy.Rules), "rule"), cfg.Intercept.Interfaces, cfg.ports())
 	return nil
+}
+
+// cmdCleanup removes the steering state a killed daemon can leave: the
+// legacy tc filters and the policy routing. The unit runs it after every
+// stop; nothing is left to remove after a clean one.
+func cmdCleanup(args []string, stdout io.Writer) error {
+	fs := newFlagSet("cleanup", stdout)
+	path := fs.String("config", defaultConfigPath, "configuration `file` of the daemon")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	return bpf.Cleanup(cfg.steeringConfig())
 }
 
 // checkFiles loads the files the configuration names, as run would.

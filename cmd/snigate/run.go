@@ -224,15 +224,7 @@ func (g *gateway) start() error {
 		return err
 	}
 
-	g.steering, err = bpf.Attach(bpf.Config{
-		Interfaces: g.cfg.Intercept.Interfaces,
-		Ports:      g.cfg.ports(),
-		Bypass:     g.cfg.bypass(),
-		Mode:       bpf.Mode(g.cfg.Intercept.Attach),
-		Mark:       g.cfg.Intercept.Mark,
-		Table:      g.cfg.Intercept.Table,
-		BlockQUIC:  g.cfg.Intercept.BlockQUIC,
-	})
+	g.steering, err = bpf.Attach(g.cfg.steeringConfig())
 	if err != nil {
 		return err
 	}

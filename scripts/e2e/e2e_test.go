@@ -363,7 +363,13 @@ func TestKillFailsOpen(t *testing.T) {
 				t.Errorf("after kill -9 the server saw %s, want the client %s directly",
 					w.Remote, clientV4)
 			}
-			// The next start must clean up what the killed process left.
+			// snigate cleanup (the unit's ExecStopPost) removes what the
+			// killed process left: filters, qdisc, rules, routes.
+			if out, err := snigateCmd(t, d, "cleanup", "--config", d.cfgPath); err != nil {
+				t.Fatalf("snigate cleanup: %v\n%s", err, out)
+			}
+			assertNothingLeft(t)
+			// The next start works whether or not cleanup ran.
 			d2 := startDaemon(t, mode, "")
 			w, _ = getWhoami(t, c, "https://tunnel.cloudproxy.app/whoami")
 			if host, _, _ := net.SplitHostPort(w.Remote); host != gwWANV4 {
