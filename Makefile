@@ -5,7 +5,9 @@ GO       ?= go
 BIN      := bin
 SNIGATE  := $(BIN)/snigate
 LABSERVER := $(BIN)/labserver
-RUNTIME_PKGS := iproute2 curl openssl ca-certificates systemd
+# chromium and libnss3-tools: the end-to-end test of a real browser through the
+# gateway (with the CAs in an NSS database, as on an office PC).
+RUNTIME_PKGS := iproute2 curl openssl ca-certificates systemd chromium libnss3-tools
 GENERATE_PKGS := clang llvm libbpf-dev linux-libc-dev
 
 .PHONY: all build deps deps-generate generate test unit e2e demo lab-down clean

@@ -1,11 +1,26 @@
 package e2e
 
 import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 const headerPolicy = `policy:
@@ -96,6 +111,7 @@ func TestBumpVerifyFailures(t *testing.T) {
 	cases := []struct{ name, host, ip string }{
 		{"untrusted root", "bad.example.test", badV4},
 		{"expired", "expired.example.test", badV4},
+		{"self-signed", "selfsigned.example.test", badV4},
 		{"name mismatch", "mismatch.example.test", webV4},
 	}
 	t.Run("reject", func(t *testing.T) {
@@ -127,4 +143,114 @@ func TestBumpVerifyFailures(t *testing.T) {
 			}
 		}
 	})
+}
+
+// leafOf connects through the gateway to ip:443 with SNI name, trusting the
+// gateway CA, and returns the certificate the client was shown.
+func leafOf(t *testing.T, ip, name string) *x509.Certificate {
+	t.Helper()
+	raw, err := clientDial(context.Background(), "tcp", hostIP(ip, "443"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(raw, &tls.Config{ServerName: name, RootCAs: lab.gwRoot})
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := c.Handshake(); err != nil {
+		t.Fatalf("handshake with %s through the bump: %v", name, err)
+	}
+	return c.ConnectionState().PeerCertificates[0]
+}
+
+// An upstream that changes its certificate gets a new forgery: the cache is
+// keyed on the upstream certificate, and the forgery stays inside the new
+// certificate's validity.
+func TestBumpUpstreamCertificateChange(t *testing.T) {
+	const ip, name = "198.19.1.6", "rotate.example.test"
+	root, err := tls.LoadX509KeyPair(filepath.Join(lab.labDir, "root.crt"),
+		filepath.Join(lab.labDir, "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootCert, _ := x509.ParseCertificate(root.Certificate[0])
+	issue := func(validFor time.Duration) *tls.Certificate {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+		tmpl := &x509.Certificate{SerialNumber: serial, DNSNames: []string{name},
+			Subject:   pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(validFor),
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, rootCert, &key.PublicKey,
+			root.PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	}
+	var current atomic.Pointer[tls.Certificate]
+	current.Store(issue(10 * 24 * time.Hour))
+	serveTLSInServers(t, ip, func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		return current.Load(), nil
+	})
+
+	d := startDaemon(t, "auto", "")
+	first := leafOf(t, ip, name)
+	again := leafOf(t, ip, name)
+	if first.SerialNumber.Cmp(again.SerialNumber) != 0 {
+		t.Errorf("an unchanged upstream got a new forgery")
+	}
+	next := issue(5 * 24 * time.Hour)
+	current.Store(next)
+	nextLeaf, _ := x509.ParseCertificate(next.Certificate[0])
+	changed := leafOf(t, ip, name)
+	if changed.SerialNumber.Cmp(first.SerialNumber) == 0 {
+		t.Errorf("a changed upstream certificate kept the old forgery")
+	}
+	if changed.NotAfter.After(nextLeaf.NotAfter) {
+		t.Errorf("forgery valid until %v, past the upstream's %v", changed.NotAfter,
+			nextLeaf.NotAfter)
+	}
+	d.connLog(t, map[string]string{"sni": name, "action": "bump"})
+}
+
+// serveTLSInServers adds ip to the servers' namespace and serves TLS on
+// ip:443 there with certificates from getCert, answering each connection
+// with one line.
+func serveTLSInServers(t *testing.T, ip string,
+	getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) {
+	t.Helper()
+	var l net.Listener
+	err := inNS(labPrefix+"-srv", func() error {
+		eth, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		addr, _ := netlink.ParseAddr(ip + "/24")
+		if err := netlink.AddrReplace(eth, addr); err != nil {
+			return fmt.Errorf("add %s: %w", ip, err)
+		}
+		t.Cleanup(func() { inNS(labPrefix+"-srv", func() error { return netlink.AddrDel(eth, addr) }) })
+		l, err = net.Listen("tcp", hostIP(ip, "443"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				tc := tls.Server(c, &tls.Config{GetCertificate: getCert})
+				tc.SetDeadline(time.Now().Add(10 * time.Second))
+				if tc.Handshake() == nil {
+					io.WriteString(tc, "ok\n")
+				}
+			}()
+		}
+	}()
 }

@@ -37,10 +37,15 @@ type labHost struct {
 	untrusted bool
 	// expired makes the leaf's validity end in the past.
 	expired bool
+	// selfSigned makes the leaf sign itself, as a device's default
+	// certificate does.
+	selfSigned bool
 }
 
-// labHosts lists every identity the lab serves. expired.example.test has no
-// address of its own: it is reached on bad.example.test's addresses by SNI.
+// labHosts lists every identity the lab serves. expired.example.test,
+// selfsigned.example.test and bench.example.test have no address of their
+// own: they are reached by SNI on bad.example.test's and www.example.test's
+// addresses.
 var labHosts = []labHost{
 	{
 		name: "tunnel.cloudproxy.app",
@@ -62,6 +67,18 @@ var labHosts = []labHost{
 		name:    "expired.example.test",
 		dns:     []string{"expired.example.test"},
 		expired: true,
+	},
+	{
+		name:       "selfsigned.example.test",
+		dns:        []string{"selfsigned.example.test"},
+		selfSigned: true,
+	},
+	{
+		// The benchmark's never-seen names (n0001.bench.example.test, ...),
+		// reached on www.example.test's addresses by SNI, so a gateway
+		// forges a certificate for each new one.
+		name: "bench.example.test",
+		dns:  []string{"*.bench.example.test"},
 	},
 }
 
@@ -157,7 +174,11 @@ func writeLeaf(dir string, h labHost, ca *issuer, now time.Time) error {
 		tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(ip.AsSlice()))
 	}
 
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	parent, signer := ca.cert, ca.key
+	if h.selfSigned {
+		parent, signer = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, signer)
 	if err != nil {
 		return fmt.Errorf("sign %s: %w", h.name, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -147,6 +148,8 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("/ws", s.handleWebSocket)
 	mux.HandleFunc("/whoami", s.handleWhoami)
 	mux.HandleFunc("/headers", s.handleHeaders)
+	mux.HandleFunc("/bytes", s.handleBytes)
+	mux.HandleFunc("/browser", handleBrowser)
 	return s.logRequests(mux)
 }
 
@@ -181,6 +184,39 @@ func (s *server) handleWhoami(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) handleHeaders(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r.Header)
+}
+
+// maxBytes bounds what one /bytes request may ask for.
+const maxBytes = 1 << 40
+
+// bytesChunk is what /bytes writes over and over: one shared, read-only
+// buffer, so a large download costs the server little more than TLS.
+var bytesChunk = func() []byte {
+	b := make([]byte, 256<<10)
+	for i := range b {
+		b[i] = byte(i*7 + i>>8)
+	}
+	return b
+}()
+
+// handleBytes streams the number of bytes given by ?n= (at most maxBytes)
+// with a Content-Length, for throughput measurements.
+func (s *server) handleBytes(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+	if err != nil || n < 0 || n > maxBytes {
+		http.Error(w, fmt.Sprintf("n=%q is not a byte count in 0-%d",
+			r.URL.Query().Get("n"), int64(maxBytes)), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	for n > 0 {
+		chunk := bytesChunk[:min(n, int64(len(bytesChunk)))]
+		if _, err := w.Write(chunk); err != nil {
+			return // the client went away
+		}
+		n -= int64(len(chunk))
+	}
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
