@@ -145,3 +145,26 @@ func TestServerNotTLS(t *testing.T) {
 		t.Errorf("log line %v, want hello not_tls and action block", m)
 	}
 }
+
+// A client that drips its hello one byte at a time is cut at the hello
+// deadline too: the deadline covers the whole hello, not each read.
+func TestServerCutsSlowClient(t *testing.T) {
+	s, l, logs := mustServer(t, Config{HelloTimeout: 300 * time.Millisecond})
+	s.isLocal = func(netip.Addr) bool { return false }
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	hello := []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01} // a record that never completes
+	for _, b := range hello {
+		if _, err := c.Write([]byte{b}); err != nil {
+			break // already cut
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	m := waitConn(t, logs)
+	if m["hello"] != "timeout" || m["action"] != "block" {
+		t.Errorf("log line %v, want hello timeout and action block", m)
+	}
+}

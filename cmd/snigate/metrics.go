@@ -41,6 +41,9 @@ var (
 		"Certificates forged.", nil, nil)
 	descCacheSize = prometheus.NewDesc("snigate_cert_cache_entries",
 		"Forged certificates in the cache.", nil, nil)
+	descForgeTime = prometheus.NewDesc("snigate_cert_forge_seconds_total",
+		"Time spent forging certificates; divided by snigate_certs_forged_total, "+
+			"the mean time to forge one.", nil, nil)
 	descSteer = prometheus.NewDesc("snigate_steering_packets_total",
 		"Packets seen by the eBPF steering program, by verdict.", []string{"verdict"}, nil)
 	descInfo = prometheus.NewDesc("snigate_build_info",
@@ -54,6 +57,7 @@ type gatewayCollector struct{ g *gateway }
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descActive, descBytes, descHellos,
 		descDial, descBumpFail, descCacheHits, descCacheMisses, descForged, descCacheSize,
+		descForgeTime,
 		descSteer, descInfo, descReloads} {
 		ch <- d
 	}
@@ -87,6 +91,8 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descCacheMisses, fs.Misses)
 		counter(descForged, fs.Forged)
 		gauge(descCacheSize, float64(fs.Entries))
+		ch <- prometheus.MustNewConstMetric(descForgeTime, prometheus.CounterValue,
+			fs.ForgeTime.Seconds())
 	}
 	if g.steering != nil {
 		if counters, err := g.steering.Counters(); err == nil {

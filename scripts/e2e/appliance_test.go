@@ -271,6 +271,10 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
+	if m[`snigate_cert_forge_seconds_total`] <= 0 {
+		t.Errorf("snigate_cert_forge_seconds_total = %v, want > 0",
+			m[`snigate_cert_forge_seconds_total`])
+	}
 	for _, name := range []string{`snigate_steering_packets_total{verdict="steered_new"}`,
 		`snigate_relayed_bytes_total{action="splice",direction="down"}`,
 		`snigate_cert_cache_hits_total`} {

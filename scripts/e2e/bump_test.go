@@ -254,3 +254,34 @@ func serveTLSInServers(t *testing.T, ip string,
 		}
 	}()
 }
+
+// Names as clients send them: openssl passes the server name verbatim, so a
+// mixed-case name with a trailing dot reaches the gateway as written, and it
+// must still match the splice rule for tunnel.cloudproxy.app. (The lab
+// server, Go's crypto/tls, then refuses the trailing dot with a decode_error
+// alert; that answer coming back through the splice is the real server's.)
+func TestServerNameAsSent(t *testing.T) {
+	d := startDaemon(t, "auto", "")
+	out, errOut, _ := inClient(t, "openssl", "s_client", "-connect", hostIP(tunnelV4, "443"),
+		"-servername", "TUNNEL.CloudProxy.app.", "-CAfile", filepath.Join(lab.labDir, "root.crt"))
+	if !strings.Contains(out+errOut, "alert decode error") {
+		t.Errorf("openssl did not get the real server's answer:\n%s%s", out, errOut)
+	}
+	line := d.connLog(t, map[string]string{"sni": "tunnel.cloudproxy.app",
+		"action": "splice", "rule": "0"})
+	if down, _ := line["bytes_down"].(float64); down == 0 {
+		t.Errorf("nothing came back through the splice: %v", line)
+	}
+}
+
+// A client that connects by IP without SNI, when the policy bumps such
+// connections, gets a forged certificate for that IP.
+func TestBumpWithoutSNI(t *testing.T) {
+	d := startDaemon(t, "auto", "policy:\n  no_sni: bump\n  default: bump\n")
+	out, _, err := inClient(t, "openssl", "s_client", "-connect", hostIP(webV4, "443"),
+		"-noservername", "-CAfile", lab.gwCA, "-verify_ip", webV4, "-verify_return_error")
+	if err != nil || !strings.Contains(out, "Verify return code: 0 (ok)") {
+		t.Errorf("no verified forgery for %s: %v\n%s", webV4, err, out)
+	}
+	d.connLog(t, map[string]string{"hello": "no_sni", "action": "bump"})
+}
