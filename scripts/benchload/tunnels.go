@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// runTunnels opens --count WebSocket tunnels (one echo each, then idle),
+// holds them, and reports what the gateway used before and while they were
+// open. Closing them ends the run.
+func runTunnels(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("tunnels", flag.ContinueOnError)
+	var t target
+	var l labels
+	t.register(fs, true)
+	l.register(fs)
+	count := fs.Int("count", 2000, "tunnels to hold open")
+	parallel := fs.Int("parallel", 32, "tunnels being opened at once")
+	settle := fs.Duration("settle", 2*time.Second,
+		"wait this long with all tunnels open before measuring")
+	metrics := fs.String("metrics", "", "gateway Prometheus `URL` to read go_goroutines from")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := t.check(true); err != nil {
+		return err
+	}
+	if *count < 1 || *count > 100_000 || *parallel < 1 || *parallel > 1024 {
+		return fmt.Errorf("--count %d must be 1-100000 and --parallel %d 1-1024",
+			*count, *parallel)
+	}
+	cfg, err := clientConfig(t.ca, t.sni)
+	if err != nil {
+		return err
+	}
+	ws := &wsDialer{addr: t.addr, url: "wss://" + t.sni + "/ws", tr: &http.Transport{
+		TLSClientConfig:     cfg,
+		TLSHandshakeTimeout: 15 * time.Second,
+		DisableKeepAlives:   true,
+	}}
+	ws.tr.DialContext = ws.dial
+
+	// A few tunnels first, so whatever the gateway sets up lazily exists
+	// before the baseline.
+	warm, failed := ws.openAll(ctx, 8, 8)
+	if failed > 0 {
+		return fmt.Errorf("warmup: %d of 8 tunnels failed: %v", failed, ws.firstErr)
+	}
+	closeAll(warm)
+	time.Sleep(time.Second)
+
+	res := newResult(l)
+	if res.Before, err = gatewayUsage(ctx, l.gwPID, *metrics); err != nil {
+		return err
+	}
+	start := time.Now()
+	conns, failed := ws.openAll(ctx, *count, *parallel)
+	res.Tunnels = len(conns)
+	res.Errors = int64(failed)
+	if ws.firstErr != nil {
+		res.FirstError = ws.firstErr.Error()
+	}
+	res.Seconds = time.Since(start).Seconds()
+
+	select {
+	case <-time.After(*settle):
+	case <-ctx.Done():
+	}
+	res.After, err = gatewayUsage(ctx, l.gwPID, *metrics)
+	closeAll(conns)
+	if err != nil {
+		return err
+	}
+	return res.print()
+}
+
+// wsDialer opens WebSocket tunnels to the lab's echo endpoint at a fixed
+// address.
+type wsDialer struct {
+	addr string
+	url  string
+	tr   *http.Transport
+
+	mu       sync.Mutex
+	firstErr error
+}
+
+func (w *wsDialer) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	return dialTCP(ctx, w.addr)
+}
+
+// open makes one tunnel and checks that a message comes back.
+func (w *wsDialer) open(ctx context.Context) (*websocket.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, w.url, &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: w.tr},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Write(ctx, websocket.MessageBinary, []byte("ping")); err != nil {
+		c.CloseNow()
+		return nil, fmt.Errorf("write: %w", err)
+	}
+	if _, msg, err := c.Read(ctx); err != nil || string(msg) != "ping" {
+		c.CloseNow()
+		return nil, fmt.Errorf("echo: got %q, %v", msg, err)
+	}
+	return c, nil
+}
+
+// openAll opens n tunnels, parallel at a time, and returns those that
+// opened and how many failed.
+func (w *wsDialer) openAll(ctx context.Context, n, parallel int) ([]*websocket.Conn, int) {
+	var mu sync.Mutex
+	var conns []*websocket.Conn
+	failed := 0
+	next := make(chan struct{})
+	var wg sync.WaitGroup
+	for range min(parallel, n) {
+		wg.Go(func() {
+			for range next {
+				c, err := w.open(ctx)
+				mu.Lock()
+				if err != nil {
+					failed++
+					if w.firstErr == nil {
+						w.firstErr = err
+					}
+				} else {
+					conns = append(conns, c)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for range n {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- struct{}{}
+	}
+	close(next)
+	wg.Wait()
+	return conns, failed
+}
+
+func closeAll(conns []*websocket.Conn) {
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() { c.CloseNow() })
+	}
+	wg.Wait()
+}
+
+// gatewayUsage reads the gateway tree's usage and, with a metrics URL, its
+// goroutine count. Without a pid there is nothing to read.
+func gatewayUsage(ctx context.Context, pid int, metricsURL string) (*procUsage, error) {
+	if pid == 0 {
+		return nil, nil
+	}
+	u, err := treeUsage(pid)
+	if err != nil {
+		return nil, err
+	}
+	if metricsURL != "" {
+		g, err := goroutines(ctx, metricsURL)
+		if err != nil {
+			return nil, err
+		}
+		u.Goroutines = &g
+	}
+	return &u, nil
+}
+
+// goroutines reads go_goroutines from a Prometheus text exposition.
+func goroutines(ctx context.Context, url string) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	// A transport of its own: the default one would keep a connection to
+	// the gateway open, which it would count.
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("scrape metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	return parseGoroutines(resp.Body)
+}
+
+func parseGoroutines(r io.Reader) (float64, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, errors.New("metrics have no go_goroutines line")
+}
