@@ -23,6 +23,10 @@ var errRefused = errors.New("refused: upstream not verified")
 // defaultHandshakeTimeout applies when BumpConfig.HandshakeTimeout is 0.
 const defaultHandshakeTimeout = 10 * time.Second
 
+// upstreamSessions bounds the upstream TLS sessions kept for resumption,
+// one per server name.
+const upstreamSessions = 4096
+
 // defaultHalfCloseTimeout applies when BumpConfig.HalfCloseTimeout is 0.
 const defaultHalfCloseTimeout = 2 * time.Minute
 
@@ -84,6 +88,13 @@ type BumpConfig struct {
 // them, as HTTP where it is HTTP. A Bumper is safe for concurrent use.
 type Bumper struct {
 	cfg BumpConfig
+	// sessions holds upstream TLS sessions: a resumed handshake skips the
+	// certificate chain and its signature checks, which are most of the
+	// upstream leg's cost. crypto/tls keys them by server name, keeps the
+	// verified chain with each, and refuses one whose certificate has
+	// expired or does not cover the name, so a resumption is as trusted
+	// as the verification that created it.
+	sessions tls.ClientSessionCache
 	// upstreamHTTP makes the per-connection HTTP clients; see
 	// newUpstreamTransports.
 	upstreamHTTP upstreamTransports
@@ -118,7 +129,8 @@ func NewBumper(cfg BumpConfig) *Bumper {
 	if cfg.HalfCloseTimeout <= 0 {
 		cfg.HalfCloseTimeout = defaultHalfCloseTimeout
 	}
-	return &Bumper{cfg: cfg, upstreamHTTP: newUpstreamTransports()}
+	return &Bumper{cfg: cfg, upstreamHTTP: newUpstreamTransports(),
+		sessions: tls.NewLRUClientSessionCache(upstreamSessions)}
 }
 
 // Bump bumps one connection and returns when it is over. client must yield
@@ -299,9 +311,10 @@ func (b *Bumper) handshakeUpstream(
 		// With an IP literal here crypto/tls sends no SNI (RFC 6066,
 		// Section 3 allows only host names there) and verifies against the
 		// certificate's IP SANs: what the client without SNI would check.
-		ServerName: name,
-		RootCAs:    b.cfg.Roots,
-		NextProtos: alpn,
+		ServerName:         name,
+		RootCAs:            b.cfg.Roots,
+		NextProtos:         alpn,
+		ClientSessionCache: b.sessions,
 	}
 	hctx, cancel := context.WithTimeout(ctx, b.cfg.HandshakeTimeout)
 	defer cancel()

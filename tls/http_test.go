@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -533,5 +534,48 @@ func TestBumpHTTP1HalfClosedClient(t *testing.T) {
 		if res.StatusCode != http.StatusOK {
 			t.Fatalf("try %d: status %d, want 200", i, res.StatusCode)
 		}
+	}
+}
+
+// A second bump to the same upstream resumes the upstream TLS session
+// (skipping the chain verification it already did) and still forges from
+// the upstream certificate the session was verified with.
+func TestBumpResumesUpstreamSessions(t *testing.T) {
+	lab := newBumpLab(t)
+	var resumed atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS.DidResume {
+			resumed.Add(1)
+		}
+		io.WriteString(w, "ok")
+	})
+	srv := httptest.NewUnstartedServer(mux)
+	srv.TLS = &tls.Config{
+		Certificates: []tls.Certificate{mustServerCert(t, lab.root, lab.rootKey, "up.test")},
+		NextProtos:   []string{"http/1.1"},
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+
+	for i := range 3 {
+		addr, out := startBumpOpts(t, context.Background(), lab, srv.Listener.Addr().String(),
+			"up.test", []string{"http/1.1"}, BumpOptions{})
+		client := httpClient(t, lab, addr, "http/1.1")
+		res, err := client.Get("https://up.test/")
+		if err != nil {
+			t.Fatalf("GET %d: %v", i, err)
+		}
+		if res.TLS.PeerCertificates[0].Subject.CommonName != "up.test" {
+			t.Errorf("GET %d: forged for %q", i, res.TLS.PeerCertificates[0].Subject.CommonName)
+		}
+		res.Body.Close()
+		client.Transport.(*http.Transport).CloseIdleConnections()
+		if o := waitBump(t, out); o.err != nil {
+			t.Fatalf("Bump %d: %v", i, o.err)
+		}
+	}
+	if n := resumed.Load(); n < 1 {
+		t.Errorf("%d of the later upstream handshakes resumed, want at least 1", n)
 	}
 }

@@ -43,6 +43,9 @@ type Config struct {
 // MetricsSpec places the Prometheus endpoint; an empty Listen turns it off.
 type MetricsSpec struct {
 	Listen string `yaml:"listen"`
+	// Pprof also serves Go's profiler under /debug/pprof/ on the same
+	// address, for finding what a busy gateway spends its CPU on.
+	Pprof bool `yaml:"pprof"`
 }
 
 type Intercept struct {

@@ -195,6 +195,13 @@ func TestReload(t *testing.T) {
 // scrape fetches the daemon's metrics from inside the gateway namespace.
 func scrape(t *testing.T) map[string]float64 {
 	t.Helper()
+	return parseMetrics(getFromGateway(t, "/metrics"))
+}
+
+// getFromGateway fetches a path of the metrics endpoint, inside the
+// gateway namespace, and fails unless the answer is 200.
+func getFromGateway(t *testing.T, path string) []byte {
+	t.Helper()
 	// The transport dials on its own goroutine, so the dial itself must
 	// switch namespaces.
 	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
@@ -206,15 +213,22 @@ func scrape(t *testing.T) map[string]float64 {
 	}
 	client := &http.Client{Timeout: 5 * time.Second,
 		Transport: &http.Transport{DisableKeepAlives: true, DialContext: dial}}
-	resp, err := client.Get("http://" + metricsAddr + "/metrics")
+	resp, err := client.Get("http://" + metricsAddr + path)
 	var body []byte
 	if err == nil {
 		body, err = io.ReadAll(resp.Body)
 		resp.Body.Close()
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
 	}
 	if err != nil {
-		t.Fatalf("scrape metrics: %v", err)
+		t.Fatalf("get %s from the gateway: %v", path, err)
 	}
+	return body
+}
+
+func parseMetrics(body []byte) map[string]float64 {
 	out := map[string]float64{}
 	sc := bufio.NewScanner(strings.NewReader(string(body)))
 	for sc.Scan() {
@@ -270,6 +284,10 @@ func TestMetrics(t *testing.T) {
 		if got := m[name]; got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
+	}
+	// metrics.pprof serves the profiler next to the metrics.
+	if idx := getFromGateway(t, "/debug/pprof/"); !strings.Contains(string(idx), "goroutine") {
+		t.Errorf("/debug/pprof/ does not list the profiles")
 	}
 	if m[`snigate_cert_forge_seconds_total`] <= 0 {
 		t.Errorf("snigate_cert_forge_seconds_total = %v, want > 0",

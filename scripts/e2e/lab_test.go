@@ -242,6 +242,7 @@ shutdown:
 control: %s
 metrics:
   listen: %s
+  pprof: true
 %s`, mode, lab.gwCA, filepath.Join(filepath.Dir(lab.gwCA), "ca.key"),
 		upstream, control, metricsAddr, extra)
 }
