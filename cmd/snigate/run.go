@@ -120,6 +120,13 @@ type reloadResult struct {
 
 // run starts the gateway, serves until SIGINT or SIGTERM, and stops it.
 func (g *gateway) run() error {
+	// Signals are caught before anything starts: a SIGTERM that arrives
+	// just after READY must stop the gateway cleanly, not kill it with the
+	// steering still attached.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
+
 	if err := g.start(); err != nil {
 		g.stop()
 		return err
@@ -133,7 +140,7 @@ func (g *gateway) run() error {
 	// READY only now: the programs are attached and the listeners accept.
 	notify(g.log, daemon.SdNotifyReady)
 
-	err := g.loop(serveErr)
+	err := g.loop(sig, serveErr)
 	notify(g.log, daemon.SdNotifyStopping)
 	if stopErr := g.stop(); err == nil {
 		err = stopErr
@@ -147,11 +154,7 @@ func (g *gateway) run() error {
 // loop is the daemon's main loop: signals, control requests and the
 // watchdog. The watchdog is pinged from here, after a health check, so a
 // wedged loop stops the pings and systemd restarts the daemon.
-func (g *gateway) loop(serveErr <-chan error) error {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sig)
-
+func (g *gateway) loop(sig <-chan os.Signal, serveErr <-chan error) error {
 	var watchdog <-chan time.Time
 	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
 		t := time.NewTicker(interval / 2)

@@ -49,7 +49,7 @@ func TestChromium(t *testing.T) {
 		"--user-data-dir="+filepath.Join(home, "profile"),
 		"--host-resolver-rules=MAP tunnel.cloudproxy.app "+tunnelV4+
 			", MAP www.example.test "+webV4+", EXCLUDE localhost",
-		"--virtual-time-budget=15000", "--dump-dom", "https://www.example.test/browser")
+		"--dump-dom", "https://www.example.test/browser")
 	cmd.Env = append(os.Environ(), "HOME="+home)
 	out, err := cmd.Output()
 	dom := string(out)

@@ -150,6 +150,7 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("/headers", s.handleHeaders)
 	mux.HandleFunc("/bytes", s.handleBytes)
 	mux.HandleFunc("/browser", handleBrowser)
+	mux.HandleFunc("/slow", handleSlow)
 	return s.logRequests(mux)
 }
 
