@@ -417,6 +417,10 @@ measure() {
 			run_load $((DURATION + 90)) "$out" conns --test "bump$c" "${common[@]}" \
 				--addr "$WWW_ADDR" --sni "$WWW_HOST" --ca "$ca" \
 				--concurrency "$c" --duration "${DURATION}s"
+			# The same load to the spliced host, for comparison in one run.
+			run_load $((DURATION + 90)) "$out" conns --test "spliceconn$c" "${common[@]}" \
+				--addr "$TUNNEL_ADDR" --sni "$TUNNEL_HOST" --ca "$ROOT" \
+				--concurrency "$c" --duration "${DURATION}s"
 		done
 		;;
 	newname)

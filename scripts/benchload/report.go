@@ -98,6 +98,10 @@ func metrics(concurrencies []int) []metric {
 				value: func(r *result) (float64, bool) { return r.P50ms, r.Conns > 0 }},
 			metric{name: fmt.Sprintf("bumped conn p99 ms, c=%d", c), test: test,
 				value: func(r *result) (float64, bool) { return r.P99ms, r.Conns > 0 }},
+			metric{name: fmt.Sprintf("spliced new conn/s, c=%d", c),
+				test:  fmt.Sprintf("spliceconn%d", c),
+				value: func(r *result) (float64, bool) { return r.Rate, r.Conns > 0 },
+				ratio: true},
 		)
 	}
 	names := func(f func(r *result) float64) func(r *result) (float64, bool) {
