@@ -84,7 +84,7 @@ if [[ -e $CONF_DIR/snigate.yaml ]]; then
 	say "kept $CONF_DIR/snigate.yaml; the current example is snigate.yaml.example"
 else
 	install -m 0644 "$REPO/deploy/snigate.yaml" "$CONF_DIR/snigate.yaml"
-	say "installed $CONF_DIR/snigate.yaml: set intercept.interfaces to your LAN interfaces"
+	say "wrote $CONF_DIR/snigate.yaml: set intercept.interfaces to your LAN interfaces"
 fi
 
 if [[ -z $ROOT ]] && ! getent passwd snigate >/dev/null; then
@@ -115,7 +115,7 @@ if [[ -z $ROOT ]]; then
 	fi
 fi
 
-CA=/var/lib/snigate
+CA=$STATE_DIR
 cat <<TRUST
 
 Clients must trust the gateway CA before their connections are bumped:

@@ -159,8 +159,8 @@ echo "  ${seen:-none}"
 sleep 0.3
 echo
 echo "snigate's connection log (one line per connection):"
-grep '"msg":"connection"' "$LOG" | sed -E 's/^\{"level":"info","ts":"[^"]*","logger":"dataplane",//'
+grep '"msg":"connection"' "$LOG" | sed -E 's/^\{"level":"info","ts":"[^"]*","logger":"dataplane",//; s/\}$//'
 echo
 echo "snigate's access log (one line per HTTP request inside a bumped connection):"
-grep '"msg":"request"' "$LOG" | sed -E 's/^\{"level":"info","ts":"[^"]*","logger":"http",//'
+grep '"msg":"request"' "$LOG" | sed -E 's/^\{"level":"info","ts":"[^"]*","logger":"http",//; s/\}$//'
 exit "$FAILED"

@@ -108,7 +108,7 @@ func loadCA(cfg *Config) (*gwtls.CA, error) {
 	ca, err := gwtls.LoadCA(cfg.CA.Cert, cfg.CA.Key)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("ca: %w (the policy bumps, so it needs a CA: create one with "+
-			"\"snigate ca init --out %s\" or import one with \"snigate ca import\")",
+			"\"snigate ca init --out %s\" or import one with \"snigate ca import --cert FILE\")",
 			err, filepath.Dir(cfg.CA.Cert))
 	}
 	if err != nil {

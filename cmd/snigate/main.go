@@ -109,7 +109,7 @@ func cmdCheck(args []string, stdout io.Writer) error {
 	fs := newFlagSet("check", stdout)
 	path := fs.String("config", defaultConfigPath, "configuration `file` to validate")
 	offline := fs.Bool("offline", false,
-		"skip the checks against this host (its interfaces), for a config made for another")
+		"do not look for the configured interfaces on this host (for a config made for another)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
