@@ -7,7 +7,7 @@ SNIGATE  := $(BIN)/snigate
 LABSERVER := $(BIN)/labserver
 # chromium and libnss3-tools: the end-to-end test of a real browser through the
 # gateway (with the CAs in an NSS database, as on an office PC).
-RUNTIME_PKGS := iproute2 curl openssl ca-certificates systemd chromium libnss3-tools
+RUNTIME_PKGS := iproute2 procps curl openssl ca-certificates systemd chromium libnss3-tools
 GENERATE_PKGS := clang llvm libbpf-dev linux-libc-dev
 BENCH_PKGS := squid-openssl iptables conntrack
 
