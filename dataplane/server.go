@@ -182,13 +182,6 @@ func (s *Server) untrack(c net.Conn) {
 	s.wg.Done()
 }
 
-// Active returns the number of connections being handled.
-func (s *Server) Active() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
-
 // Shutdown stops accepting at once, then waits for established connections
 // to end until ctx is done, and then closes those that remain.
 func (s *Server) Shutdown(ctx context.Context) error {
