@@ -225,10 +225,13 @@ type conn struct {
 	rule       int
 	up, down   int64
 	err        error
+	counted    bool // in the active gauge of its action
+	// relaying is set once the splice relay runs on its own; it finishes
+	// the connection, not the handler.
+	relaying bool
 }
 
 func (s *Server) handle(c *net.TCPConn) {
-	defer s.untrack(c)
 	cfg := s.cfg.Load()
 	cn := &conn{
 		client:     c,
@@ -238,8 +241,19 @@ func (s *Server) handle(c *net.TCPConn) {
 		rule:       -1,
 	}
 	s.serve(cn, cfg)
+	if !cn.relaying {
+		s.finish(cn)
+	}
+}
+
+// finish counts and logs a connection that has ended and stops tracking it.
+func (s *Server) finish(cn *conn) {
+	if cn.counted {
+		s.stats.active[cn.action].Add(-1)
+	}
 	s.stats.finish(cn)
 	s.logConn(cn)
+	s.untrack(cn.client)
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -297,7 +311,7 @@ func (s *Server) serve(cn *conn, cfg *Config) {
 	cn.decide(cfg.Policy, &h)
 
 	s.stats.active[cn.action].Add(1)
-	defer s.stats.active[cn.action].Add(-1)
+	cn.counted = true
 	switch cn.action {
 	case ActionSplice:
 		s.splice(cn, cfg, h.Raw, release)

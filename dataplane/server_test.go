@@ -41,7 +41,9 @@ func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 	return out
 }
 
-func mustServer(t *testing.T, cfg Config) (*Server, *net.TCPListener, *syncBuffer) {
+// mustServer serves cfg on a loopback listener; each opt adjusts the
+// Server before it starts accepting.
+func mustServer(t *testing.T, cfg Config, opts ...func(*Server)) (*Server, *net.TCPListener, *syncBuffer) {
 	t.Helper()
 	logs := &syncBuffer{}
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
@@ -58,6 +60,9 @@ func mustServer(t *testing.T, cfg Config) (*Server, *net.TCPListener, *syncBuffe
 	if err != nil {
 		t.Fatal(err)
 	}
+	for _, opt := range opts {
+		opt(s)
+	}
 	go s.Serve(l)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -66,6 +71,10 @@ func mustServer(t *testing.T, cfg Config) (*Server, *net.TCPListener, *syncBuffe
 	})
 	return s, l, logs
 }
+
+// notLocal makes the server treat every address, loopback too, as one it
+// may relay to.
+func notLocal(s *Server) { s.isLocal = func(netip.Addr) bool { return false } }
 
 // waitConn waits for the server's one connection log line.
 func waitConn(t *testing.T, logs *syncBuffer) map[string]any {
@@ -104,9 +113,8 @@ func TestServerRefusesLocalDestination(t *testing.T) {
 // A client that sends nothing is cut at the hello deadline, and the log line
 // says why.
 func TestServerCutsSilentClient(t *testing.T) {
-	s, l, logs := mustServer(t, Config{HelloTimeout: 200 * time.Millisecond})
 	// Loopback counts as local; this test is about the deadline.
-	s.isLocal = func(netip.Addr) bool { return false }
+	s, l, logs := mustServer(t, Config{HelloTimeout: 200 * time.Millisecond}, notLocal)
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -132,8 +140,7 @@ func TestServerCutsSilentClient(t *testing.T) {
 
 // A plain HTTP request on the intercepted port gets the not_tls action.
 func TestServerNotTLS(t *testing.T) {
-	s, l, logs := mustServer(t, Config{})
-	s.isLocal = func(netip.Addr) bool { return false }
+	_, l, logs := mustServer(t, Config{}, notLocal)
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -149,8 +156,7 @@ func TestServerNotTLS(t *testing.T) {
 // A client that drips its hello one byte at a time is cut at the hello
 // deadline too: the deadline covers the whole hello, not each read.
 func TestServerCutsSlowClient(t *testing.T) {
-	s, l, logs := mustServer(t, Config{HelloTimeout: 300 * time.Millisecond})
-	s.isLocal = func(netip.Addr) bool { return false }
+	_, l, logs := mustServer(t, Config{HelloTimeout: 300 * time.Millisecond}, notLocal)
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)

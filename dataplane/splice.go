@@ -12,7 +12,8 @@ import (
 )
 
 // splice connects to the original destination, replays the bytes the
-// dataplane read, and then relays both directions.
+// dataplane read, and then starts relaying both directions; the relay
+// finishes cn when it ends.
 func (s *Server) splice(cn *conn, cfg *Config, hello []byte, release func()) {
 	up, err := s.dial(cn, cfg)
 	if err != nil {
@@ -29,79 +30,248 @@ func (s *Server) splice(cn *conn, cfg *Config, hello []byte, release func()) {
 		up.Close()
 		return
 	}
-	up2, down, err := relay(s.ctx, cn.client, up, cfg.HalfCloseTimeout)
-	cn.up += up2
-	cn.down = down
-	switch {
-	case err == nil:
-	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
-		// Peers abort connections all the time (a client closing with
-		// unread data sends a reset); the gateway did its part.
-		cn.reason = err.Error()
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		cn.reason = fmt.Sprintf("half-closed for longer than %v", cfg.HalfCloseTimeout)
-	default:
-		cn.err = err
-	}
+	cn.relaying = true
+	relay(s.ctx, cn.client, up, cfg.HalfCloseTimeout, idleAfter,
+		func(up, down int64, err error) {
+			cn.up += up
+			cn.down = down
+			switch {
+			case err == nil:
+			case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+				// Peers abort connections all the time (a client closing
+				// with unread data sends a reset); the gateway did its part.
+				cn.reason = err.Error()
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				cn.reason = fmt.Sprintf("half-closed for longer than %v", cfg.HalfCloseTimeout)
+			default:
+				cn.err = err
+			}
+			s.finish(cn)
+		})
 }
+
+// idleAfter is how long a relay direction waits for data on its own
+// goroutine before parking. Long enough that a busy interactive session
+// (keystrokes, a terminal refresh) never parks between packets, short
+// enough that the thousands of silent tunnels a gateway carries hold no
+// goroutine stacks.
+const idleAfter = time.Second
 
 // relay copies both ways between client and upstream until both directions
-// have ended, then closes both. *net.TCPConn.ReadFrom with a TCP source moves
-// the bytes with splice(2) through a pipe, so the payload never enters user
-// space. An EOF on one side is passed on as a half-close (FIN) to the other,
+// have ended, then closes both and calls done with the bytes moved each
+// way and the error that ended the relay, if any. It returns at once.
+//
+// *net.TCPConn.ReadFrom with a TCP source moves the bytes with splice(2)
+// through a pipe, so the payload never enters user space. A direction
+// that moved nothing for parkAfter gives up its goroutine and its pipe and
+// parks until its socket is readable again (see parker).
+//
+// An EOF on one side is passed on as a half-close (FIN) to the other,
 // which keeps protocols that half-close working; the other direction then
-// has halfClose to finish, so a peer that never closes its side cannot hold
-// the connection forever. An error on either side closes both, since the
-// other direction then has no one to talk to, and so does ctx ending.
+// has halfClose to finish, so a peer that never closes its side cannot
+// hold the connection forever. An error on either side closes both, since
+// the other direction then has no one to talk to, and so does ctx ending.
 func relay(ctx context.Context, client, upstream *net.TCPConn,
-	halfClose time.Duration) (up, down int64, err error) {
-	var (
-		wg       sync.WaitGroup
-		once     sync.Once
-		firstErr error
-	)
-	// fail closes both sides. A side closed from outside (shutdown after
-	// the drain time) shows up as net.ErrClosed: it still ends the other
-	// direction, which may be waiting on a silent peer, but is no error.
-	fail := func(e error) {
-		once.Do(func() {
-			if !errors.Is(e, net.ErrClosed) {
-				firstErr = e
-			}
-			client.Close()
-			upstream.Close()
-		})
+	halfClose, parkAfter time.Duration, done func(up, down int64, err error)) {
+	t := &tunnel{halfClose: halfClose, parkAfter: parkAfter, done: done, open: 2}
+	t.dirs[0] = tunnelDir{t: t, src: client, dst: upstream, name: "client to upstream"}
+	t.dirs[1] = tunnelDir{t: t, src: upstream, dst: client, name: "upstream to client"}
+	if p := idleParker(); p != nil {
+		// Without both descriptors nothing parks: the directions then
+		// wait on their own goroutines.
+		rawClient, err1 := client.SyscallConn()
+		rawUp, err2 := upstream.SyscallConn()
+		if err1 == nil && err2 == nil {
+			t.dirs[0].raw, t.dirs[1].raw, t.parker = rawClient, rawUp, p
+		}
 	}
 	// A shutdown past its drain time ends the relay from outside; closing
-	// only the client would leave a direction blocked on a silent upstream.
-	stop := context.AfterFunc(ctx, func() { fail(net.ErrClosed) })
-	defer stop()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		down = pipe(upstream, client, "upstream to client", halfClose, fail)
-	}()
-	up = pipe(client, upstream, "client to upstream", halfClose, fail)
-	wg.Wait()
-	client.Close()
-	upstream.Close()
-	return up, down, firstErr
+	// only the client would leave a direction waiting on a silent upstream.
+	t.stopCtx = context.AfterFunc(ctx, func() { t.fail(net.ErrClosed) })
+	go t.dirs[0].run()
+	go t.dirs[1].run()
 }
 
-// pipe moves src to dst until EOF, then half-closes dst and gives the
-// other direction, which reads from dst, halfClose to end.
-func pipe(src, dst *net.TCPConn, dir string, halfClose time.Duration,
-	fail func(error)) int64 {
-	n, err := dst.ReadFrom(src)
-	if err != nil {
-		fail(fmt.Errorf("relay %s: %w", dir, err))
-		return n
+// tunnel is the state of one relay: two directions, each either running
+// on its own goroutine, parked, or ended.
+type tunnel struct {
+	halfClose, parkAfter time.Duration
+	parker               *parker
+	done                 func(up, down int64, err error)
+	stopCtx              func() bool
+
+	mu        sync.Mutex
+	dirs      [2]tunnelDir
+	open      int // directions not ended
+	failed    bool
+	err       error
+	halfTimer *time.Timer
+}
+
+type dirState uint8
+
+const (
+	dirRunning dirState = iota
+	dirParked
+	dirEnded
+)
+
+// tunnelDir is one direction of a tunnel: src is read, dst written.
+type tunnelDir struct {
+	t        *tunnel
+	src, dst *net.TCPConn
+	raw      syscall.RawConn // src's, for the parker
+	name     string
+	parkID   uint64 // the parker's name for it; 0 before its first park
+	state    dirState
+	n        int64
+}
+
+// run moves src to dst while data flows. Only one goroutine runs a
+// direction at a time: the relay starts it, or the parker restarts it
+// after a park.
+func (d *tunnelDir) run() {
+	t := d.t
+	for {
+		var deadline time.Time
+		if t.parker != nil {
+			deadline = time.Now().Add(t.parkAfter)
+		}
+		d.src.SetReadDeadline(deadline)
+		// A read deadline only ends the splice while its pipe is empty,
+		// so a timeout never strands bytes in it.
+		n, err := d.dst.ReadFrom(d.src)
+		d.n += n
+		switch {
+		case err == nil:
+			t.eof(d)
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded) && !deadline.IsZero():
+			if n == 0 && t.park(d) {
+				return
+			}
+		default:
+			t.fail(fmt.Errorf("relay %s: %w", d.name, err))
+			t.end(d)
+			return
+		}
 	}
-	if err := dst.CloseWrite(); err != nil && !peerGone(err) {
-		fail(fmt.Errorf("half-close %s: %w", dir, err))
+}
+
+// park hands d to the parker. It reports false, and d keeps running, when
+// the tunnel is failing (the next read then sees the closed socket) or the
+// watch could not be armed.
+func (t *tunnel) park(d *tunnelDir) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.failed {
+		return false
 	}
-	dst.SetReadDeadline(time.Now().Add(halfClose))
-	return n
+	d.state = dirParked
+	if err := t.parker.watch(d); err != nil {
+		d.state = dirRunning
+		return false
+	}
+	return true
+}
+
+// wake restarts a parked direction on a fresh goroutine, whose stack starts
+// small again.
+func (t *tunnel) wake(d *tunnelDir) {
+	t.mu.Lock()
+	parked := d.state == dirParked
+	if parked {
+		d.state = dirRunning
+	}
+	t.mu.Unlock()
+	if parked {
+		go d.run()
+	}
+}
+
+// eof passes src's end on to dst as a half-close and gives the other
+// direction halfClose to end too.
+func (t *tunnel) eof(d *tunnelDir) {
+	if err := d.dst.CloseWrite(); err != nil && !peerGone(err) {
+		t.fail(fmt.Errorf("half-close %s: %w", d.name, err))
+	}
+	t.mu.Lock()
+	if t.open == 2 && !t.failed {
+		other := &t.dirs[0]
+		if other == d {
+			other = &t.dirs[1]
+		}
+		t.halfTimer = time.AfterFunc(t.halfClose, func() {
+			t.fail(fmt.Errorf("relay %s: %w", other.name, os.ErrDeadlineExceeded))
+		})
+	}
+	t.mu.Unlock()
+	t.end(d)
+}
+
+// fail ends the tunnel: it closes both sides, which ends running
+// directions, and ends parked ones itself. The first error is the one
+// reported; a side closed from outside (shutdown after the drain time)
+// shows up as net.ErrClosed, which ends the relay but is no error.
+func (t *tunnel) fail(err error) {
+	t.mu.Lock()
+	if t.failed {
+		t.mu.Unlock()
+		return
+	}
+	t.failed = true
+	if !errors.Is(err, net.ErrClosed) {
+		t.err = err
+	}
+	last := false
+	for i := range t.dirs {
+		if t.dirs[i].state == dirParked {
+			last = t.endLocked(&t.dirs[i])
+		}
+	}
+	t.mu.Unlock()
+	t.dirs[0].src.Close()
+	t.dirs[1].src.Close()
+	if last {
+		t.finish()
+	}
+}
+
+// end marks a running direction ended.
+func (t *tunnel) end(d *tunnelDir) {
+	t.mu.Lock()
+	last := t.endLocked(d)
+	t.mu.Unlock()
+	if last {
+		t.finish()
+	}
+}
+
+// endLocked ends d and reports whether it was the last direction open.
+// t.mu must be held.
+func (t *tunnel) endLocked(d *tunnelDir) bool {
+	d.state = dirEnded
+	t.open--
+	return t.open == 0
+}
+
+// finish runs once, after both directions ended.
+func (t *tunnel) finish() {
+	t.mu.Lock()
+	t.failed = true // a late fail (the context, the timer) is moot now
+	err := t.err
+	t.mu.Unlock()
+	t.stopCtx()
+	if t.halfTimer != nil {
+		t.halfTimer.Stop()
+	}
+	t.dirs[0].src.Close()
+	t.dirs[1].src.Close()
+	if t.parker != nil {
+		t.parker.forget(&t.dirs[0])
+		t.parker.forget(&t.dirs[1])
+	}
+	t.done(t.dirs[0].n, t.dirs[1].n, err)
 }
 
 // peerGone reports whether err only says that the other end has already

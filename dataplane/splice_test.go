@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -38,103 +40,168 @@ type relayResult struct {
 }
 
 func startRelay(ctx context.Context, client, upstream *net.TCPConn,
-	halfClose time.Duration) chan relayResult {
+	halfClose, parkAfter time.Duration) chan relayResult {
 	done := make(chan relayResult, 1)
-	go func() {
-		up, down, err := relay(ctx, client, upstream, halfClose)
+	relay(ctx, client, upstream, halfClose, parkAfter, func(up, down int64, err error) {
 		done <- relayResult{up, down, err}
-	}()
+	})
 	return done
+}
+
+// eachParking runs f with directions that never park and with directions
+// that park after every pause of a few milliseconds, so that every step
+// also meets a parked direction.
+func eachParking(t *testing.T, f func(t *testing.T, parkAfter time.Duration)) {
+	t.Run("running", func(t *testing.T) { f(t, time.Hour) })
+	t.Run("parking", func(t *testing.T) { f(t, 5*time.Millisecond) })
 }
 
 // Bytes cross both ways and a half-close is passed on; the relay ends when
 // both directions have.
 func TestRelayHalfClose(t *testing.T) {
-	clientApp, clientSide := tcpPair(t)
-	upstreamSide, serverApp := tcpPair(t)
-	done := startRelay(context.Background(), clientSide, upstreamSide, time.Minute)
+	eachParking(t, func(t *testing.T, parkAfter time.Duration) {
+		clientApp, clientSide := tcpPair(t)
+		upstreamSide, serverApp := tcpPair(t)
+		done := startRelay(context.Background(), clientSide, upstreamSide, time.Minute, parkAfter)
 
-	clientApp.Write([]byte("request"))
-	clientApp.CloseWrite()
-	got, _ := io.ReadAll(serverApp) // ends at the FIN the relay passed on
-	if string(got) != "request" {
-		t.Fatalf("server read %q", got)
-	}
-	serverApp.Write([]byte("response"))
-	serverApp.CloseWrite()
-	back, _ := io.ReadAll(clientApp)
-	if string(back) != "response" {
-		t.Fatalf("client read %q", back)
-	}
-	r := <-done
-	if r.err != nil || r.up != 7 || r.down != 8 {
-		t.Errorf("relay = %d up, %d down, %v; want 7, 8, nil", r.up, r.down, r.err)
-	}
+		clientApp.Write([]byte("request"))
+		clientApp.CloseWrite()
+		got, _ := io.ReadAll(serverApp) // ends at the FIN the relay passed on
+		if string(got) != "request" {
+			t.Fatalf("server read %q", got)
+		}
+		serverApp.Write([]byte("response"))
+		serverApp.CloseWrite()
+		back, _ := io.ReadAll(clientApp)
+		if string(back) != "response" {
+			t.Fatalf("client read %q", back)
+		}
+		r := <-done
+		if r.err != nil || r.up != 7 || r.down != 8 {
+			t.Errorf("relay = %d up, %d down, %v; want 7, 8, nil", r.up, r.down, r.err)
+		}
+	})
 }
 
 // A client that half-closes towards a server that never answers nor closes
 // is cut after the half-close timeout instead of holding the connection.
 func TestRelayHalfCloseTimeout(t *testing.T) {
-	clientApp, clientSide := tcpPair(t)
-	upstreamSide, _ := tcpPair(t)
-	done := startRelay(context.Background(), clientSide, upstreamSide, 200*time.Millisecond)
-	clientApp.CloseWrite()
-	select {
-	case r := <-done:
-		if !errors.Is(r.err, os.ErrDeadlineExceeded) {
-			t.Errorf("relay error %v, want the deadline", r.err)
+	eachParking(t, func(t *testing.T, parkAfter time.Duration) {
+		clientApp, clientSide := tcpPair(t)
+		upstreamSide, _ := tcpPair(t)
+		done := startRelay(context.Background(), clientSide, upstreamSide, 200*time.Millisecond, parkAfter)
+		clientApp.CloseWrite()
+		select {
+		case r := <-done:
+			if !errors.Is(r.err, os.ErrDeadlineExceeded) {
+				t.Errorf("relay error %v, want the deadline", r.err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("relay still running 5s after a 200ms half-close timeout")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("relay still running 5s after a 200ms half-close timeout")
-	}
+	})
 }
 
 // Ending the context (a shutdown past its drain time) ends the relay even
 // when one direction waits on a silent upstream.
 func TestRelayContextEnds(t *testing.T) {
-	clientApp, clientSide := tcpPair(t)
-	upstreamSide, _ := tcpPair(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := startRelay(ctx, clientSide, upstreamSide, time.Hour)
-	clientApp.CloseWrite()
-	time.Sleep(50 * time.Millisecond)
-	cancel()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			t.Errorf("relay ended by its context reported %v", r.err)
+	eachParking(t, func(t *testing.T, parkAfter time.Duration) {
+		clientApp, clientSide := tcpPair(t)
+		upstreamSide, _ := tcpPair(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := startRelay(ctx, clientSide, upstreamSide, time.Hour, parkAfter)
+		clientApp.CloseWrite()
+		time.Sleep(50 * time.Millisecond)
+		cancel()
+		select {
+		case r := <-done:
+			if r.err != nil {
+				t.Errorf("relay ended by its context reported %v", r.err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("relay still running 5s after its context ended")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("relay still running 5s after its context ended")
-	}
+	})
 }
 
 // Bulk data crosses the splice relay intact, both ways at once.
 func TestRelayBulk(t *testing.T) {
-	clientApp, clientSide := tcpPair(t)
-	upstreamSide, serverApp := tcpPair(t)
-	done := startRelay(context.Background(), clientSide, upstreamSide, time.Minute)
+	eachParking(t, func(t *testing.T, parkAfter time.Duration) {
+		clientApp, clientSide := tcpPair(t)
+		upstreamSide, serverApp := tcpPair(t)
+		done := startRelay(context.Background(), clientSide, upstreamSide, time.Minute, parkAfter)
 
-	payload := make([]byte, 16<<20)
-	rand.Read(payload)
-	// The server echoes what it receives, so both directions carry 16 MiB.
-	go func() {
-		io.Copy(serverApp, serverApp)
-		serverApp.CloseWrite()
-	}()
-	go func() {
-		clientApp.Write(payload)
-		clientApp.CloseWrite()
-	}()
-	clientApp.SetReadDeadline(time.Now().Add(30 * time.Second))
-	got, err := io.ReadAll(clientApp)
-	if err != nil {
-		t.Fatalf("read the echo: %v", err)
+		payload := make([]byte, 16<<20)
+		rand.Read(payload)
+		// The server echoes what it receives, so both directions carry 16 MiB.
+		go func() {
+			io.Copy(serverApp, serverApp)
+			serverApp.CloseWrite()
+		}()
+		go func() {
+			clientApp.Write(payload)
+			clientApp.CloseWrite()
+		}()
+		clientApp.SetReadDeadline(time.Now().Add(30 * time.Second))
+		got, err := io.ReadAll(clientApp)
+		if err != nil {
+			t.Fatalf("read the echo: %v", err)
+		}
+		if !bytes.Equal(got, payload) {
+			t.Fatalf("echo of %d bytes differs (got %d bytes)", len(payload), len(got))
+		}
+		if r := <-done; r.err != nil || r.up != int64(len(payload)) || r.down != int64(len(payload)) {
+			t.Errorf("relay = %d up, %d down, %v", r.up, r.down, r.err)
+		}
+	})
+}
+
+// Idle tunnels hold no goroutines while parked, and each wakes when its
+// peer speaks again, in either direction.
+func TestRelayParkedTunnelsHoldNoGoroutines(t *testing.T) {
+	const tunnels = 100
+	type ends struct{ client, server *net.TCPConn }
+	var all []ends
+	var dones []chan relayResult
+	before := runtime.NumGoroutine()
+	for range tunnels {
+		clientApp, clientSide := tcpPair(t)
+		upstreamSide, serverApp := tcpPair(t)
+		all = append(all, ends{clientApp, serverApp})
+		dones = append(dones, startRelay(context.Background(), clientSide, upstreamSide,
+			time.Minute, 20*time.Millisecond))
 	}
-	if !bytes.Equal(got, payload) {
-		t.Fatalf("echo of %d bytes differs (got %d bytes)", len(payload), len(got))
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine()-before > tunnels/10 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
 	}
-	if r := <-done; r.err != nil || r.up != int64(len(payload)) || r.down != int64(len(payload)) {
-		t.Errorf("relay = %d up, %d down, %v", r.up, r.down, r.err)
+	if extra := runtime.NumGoroutine() - before; extra > tunnels/10 {
+		t.Fatalf("%d idle tunnels still hold %d goroutines", tunnels, extra)
+	}
+
+	buf := make([]byte, 16)
+	for i, e := range all {
+		// Both directions wake: the client's request, the server's answer.
+		for _, hop := range [][2]*net.TCPConn{{e.client, e.server}, {e.server, e.client}} {
+			msg := fmt.Sprintf("tunnel %d", i)
+			hop[0].Write([]byte(msg))
+			hop[1].SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := io.ReadAtLeast(hop[1], buf, len(msg))
+			if err != nil || string(buf[:n]) != msg {
+				t.Fatalf("tunnel %d: read %q, %v after parking; want %q", i, buf[:n], err, msg)
+			}
+		}
+		e.client.Close()
+		e.server.Close()
+	}
+	for i, done := range dones {
+		select {
+		case r := <-done:
+			if r.up != int64(len(fmt.Sprint("tunnel ", i))) {
+				t.Errorf("tunnel %d relayed %d bytes up", i, r.up)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("tunnel %d still relaying 5s after both ends closed", i)
+		}
 	}
 }
