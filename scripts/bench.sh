@@ -35,6 +35,8 @@
 #   BENCH_SYSTEMS      systems to run, a subset of "direct snigate squid"
 #   BENCH_TESTS        measurements, a subset of "splice1 splice8 bump newname tunnels"
 #   BENCH_OUT          table file (default out/bench-YYYYmmdd-HHMMSS.txt)
+#   BENCH_PROFILE      a directory: snigate serves pprof and a CPU profile of
+#                      each bumped-connection run is saved there
 #   SNIGATE, LABSERVER, BENCHLOAD   prebuilt binaries (built with go otherwise)
 set -euo pipefail
 
@@ -256,6 +258,7 @@ write_configs() {
 		control: $LAB_DIR/snigate/control.sock
 		metrics:
 		  listen: $METRICS_ADDR
+		  pprof: $([[ -n ${BENCH_PROFILE:-} ]] && echo true || echo false)
 	YAML
 	in_gw "$SNIGATE" check --config "$LAB_DIR/snigate/snigate.yaml" >/dev/null
 
@@ -414,9 +417,18 @@ measure() {
 		;;
 	bump)
 		for c in $CONCURRENCY; do
+			local prof=
+			if [[ -n ${BENCH_PROFILE:-} && $sys == snigate ]]; then
+				# Starts after the workers' warm-up, ends before the run does.
+				mkdir -p "$BENCH_PROFILE"
+				in_gw curl -sS --max-time $((DURATION + 10)) -o "$BENCH_PROFILE/bump$c-r$rep.pprof" \
+					"http://$METRICS_ADDR/debug/pprof/profile?seconds=$((DURATION > 3 ? DURATION - 2 : 1))" &
+				prof=$!
+			fi
 			run_load $((DURATION + 90)) "$out" conns --test "bump$c" "${common[@]}" \
 				--addr "$WWW_ADDR" --sni "$WWW_HOST" --ca "$ca" \
 				--concurrency "$c" --duration "${DURATION}s"
+			if [[ -n $prof ]]; then wait "$prof" || log "  profile of bump$c failed"; fi
 			# The same load to the spliced host, for comparison in one run.
 			run_load $((DURATION + 90)) "$out" conns --test "spliceconn$c" "${common[@]}" \
 				--addr "$TUNNEL_ADDR" --sni "$TUNNEL_HOST" --ca "$ROOT" \

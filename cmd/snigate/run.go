@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -43,6 +44,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	}
 	defer log.Sync()
 
+	tuneGC()
 	g := &gateway{path: *path, cfg: cfg, log: log, level: level, started: time.Now()}
 	// The caller prints a failure once, on stderr, which under systemd is
 	// the journal as well.
@@ -50,6 +52,20 @@ func cmdRun(args []string, stderr io.Writer) error {
 }
 
 const defaultConfigPath = "/etc/snigate/snigate.yaml"
+
+// gatewayGCPercent is the GOGC the daemon runs with unless the environment
+// sets one. The live heap is small (caches, per-connection state) and
+// every bumped connection allocates handshake garbage, so at Go's default
+// of 100 the collector runs many times a second under load: in the bench,
+// 400 took about 8% off the CPU of a bumped connection, for a heap that
+// may grow to five times the live one instead of twice.
+const gatewayGCPercent = 400
+
+func tuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(gatewayGCPercent)
+	}
+}
 
 // newLogger logs to the journal when stderr is connected to it (under
 // systemd), else JSON lines, or console text on a terminal.
