@@ -98,6 +98,9 @@ type Bumper struct {
 	// upstreamHTTP makes the per-connection HTTP clients; see
 	// newUpstreamTransports.
 	upstreamHTTP upstreamTransports
+	// tickets are shared by every client connection, so that clients
+	// resume with the gateway.
+	tickets ticketKeys
 }
 
 // BumpResult describes one bumped connection.
@@ -187,7 +190,7 @@ func (b *Bumper) Bump(
 
 	res := BumpResult{Forged: true}
 	proto := up.ConnectionState().NegotiatedProtocol
-	down, err := b.serveClient(ctx, client, certs, proto)
+	down, err := b.serveClient(ctx, client, certs, proto, true)
 	if err != nil {
 		return res, fmt.Errorf("bump %s: client handshake: %w", target, ctxErr(ctx, err))
 	}
@@ -296,7 +299,7 @@ func (b *Bumper) mimicClient(ctx context.Context, client net.Conn, name string) 
 	if _, err := certs(KeyECDSA); err != nil {
 		return false
 	}
-	if down, err := b.serveClient(ctx, client, certs, ""); err == nil {
+	if down, err := b.serveClient(ctx, client, certs, "", false); err == nil {
 		down.Close()
 	}
 	return true
@@ -357,16 +360,28 @@ func (b *Bumper) refuseClient(ctx context.Context, conn net.Conn) {
 }
 
 // serveClient completes the client's handshake with a certificate from
-// certs. The
-// client is offered only the protocol the upstream chose, so both legs
-// speak the same one: the raw relay copies bytes, and the HTTP proxy
-// forwards each request on the same HTTP version.
+// certs. The client is offered only the protocol the upstream chose, so
+// both legs speak the same one: the raw relay copies bytes, and the HTTP
+// proxy forwards each request on the same HTTP version.
+//
+// With resumable, the client may resume a session from an earlier bumped
+// connection and is given a ticket for later ones. A resumed handshake
+// shows no certificate, so only a connection whose upstream passed
+// verification may be resumable: a client shown the untrusted CA's
+// certificate must not skip it with an old ticket, and gets none.
 func (b *Bumper) serveClient(
-	ctx context.Context, conn net.Conn, certs certPicker, proto string,
+	ctx context.Context, conn net.Conn, certs certPicker, proto string, resumable bool,
 ) (*tls.Conn, error) {
-	cfg := &tls.Config{GetCertificate: certs.forClient}
+	cfg := &tls.Config{GetCertificate: certs.forClient, SessionTicketsDisabled: !resumable}
 	if proto != "" {
 		cfg.NextProtos = []string{proto}
+	}
+	if resumable {
+		keys, err := b.tickets.at(time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("session ticket keys: %w", err)
+		}
+		cfg.SetSessionTicketKeys(keys)
 	}
 	hctx, cancel := context.WithTimeout(ctx, b.cfg.HandshakeTimeout)
 	defer cancel()

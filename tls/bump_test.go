@@ -451,3 +451,81 @@ func TestBumpRejectsMalformedSNI(t *testing.T) {
 	default:
 	}
 }
+
+// A client resumes with the gateway on its next bumped connection, and a
+// ticket from a verified connection does not let it skip the untrusted
+// certificate of a mimicked one.
+func TestBumpClientResumes(t *testing.T) {
+	lab := newBumpLab(t)
+	lab.bumper.cfg.VerifyFailure = VerifyMimic
+	good, _ := startEchoServer(t, mustServerCert(t, lab.root, lab.rootKey, "up.test"))
+	bad, _ := startEchoServer(t, mustSelfSigned(t, "up.test"))
+	sessions := tls.NewLRUClientSessionCache(4)
+
+	connect := func(upstream string) (*tls.Conn, error) {
+		addr, _ := startBump(t, context.Background(), lab, upstream, "up.test", nil)
+		var sawCert bool
+		cfg := clientConfig(lab, "up.test", nil, &sawCert)
+		cfg.ClientSessionCache = sessions
+		return dialClient(addr, cfg)
+	}
+	for i, wantResumed := range []bool{false, true, true} {
+		conn, err := connect(good)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if got := conn.ConnectionState().DidResume; got != wantResumed {
+			t.Errorf("connection %d resumed = %v, want %v", i, got, wantResumed)
+		}
+		// Reading the echo also reads the ticket the gateway sent.
+		if got := echoRoundTrip(t, conn, []byte{0, 1, 2}); len(got) != 3 {
+			t.Errorf("connection %d echoed %d bytes, want 3", i, len(got))
+		}
+		conn.Close()
+	}
+
+	conn, err := connect(bad)
+	if err == nil {
+		conn.Close()
+		t.Fatalf("client resumed past a mimicked certificate (resumed %v)",
+			conn.ConnectionState().DidResume)
+	}
+	var unknown x509.UnknownAuthorityError
+	if !errors.As(err, &unknown) {
+		t.Errorf("client error %v, want the untrusted certificate", err)
+	}
+}
+
+// Ticket keys rotate: a new key encrypts, older ones still decrypt for a
+// while, and the oldest drop out.
+func TestTicketKeysRotate(t *testing.T) {
+	var k ticketKeys
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	first, err := k.at(t0)
+	if err != nil || len(first) != 1 {
+		t.Fatalf("first keys %d, %v", len(first), err)
+	}
+	if same, _ := k.at(t0.Add(ticketKeyRotation - time.Second)); &same[0] != &first[0] {
+		t.Error("keys changed before the rotation time")
+	}
+	var keys [][32]byte
+	for i := 1; i <= ticketKeysKept+1; i++ {
+		keys, _ = k.at(t0.Add(time.Duration(i) * ticketKeyRotation))
+		if want := min(i+1, ticketKeysKept); len(keys) != want {
+			t.Fatalf("after %d rotations %d keys, want %d", i, len(keys), want)
+		}
+	}
+	for _, key := range keys {
+		if key == first[0] {
+			t.Error("the first key still decrypts after more than the kept rotations")
+		}
+	}
+	if keys[0] == keys[1] {
+		t.Error("rotation repeated a key")
+	}
+	// A clock stepped back starts a new key rather than keep one forever.
+	back, _ := k.at(t0)
+	if back[0] == keys[0] {
+		t.Error("keys unchanged after the clock went back")
+	}
+}
