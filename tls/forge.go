@@ -73,7 +73,7 @@ type Forger struct {
 	// untrusted is a CA made by NewForger and kept in memory only, which
 	// no client trusts; see UntrustedCertificate.
 	untrusted *CA
-	keys      [numKeyTypes]func() (crypto.Signer, error)
+	keys      [numKeyTypes]func() (*leafKey, error)
 	max       int
 
 	mu       sync.Mutex
@@ -132,6 +132,9 @@ func NewForger(ca *CA, maxEntries int) (*Forger, error) {
 	if maxEntries < 1 {
 		return nil, fmt.Errorf("new forger: max entries %d is not at least 1", maxEntries)
 	}
+	if _, err := caSigAlg(ca.Key); err != nil {
+		return nil, fmt.Errorf("new forger: %w", err)
+	}
 
 	untrusted, err := newCA(time.Now(), untrustedCAName)
 	if err != nil {
@@ -148,16 +151,39 @@ func NewForger(ca *CA, maxEntries int) (*Forger, error) {
 	}, nil
 }
 
+// leafKey is the key pair shared by the leaves of one key type, with its
+// public key encoded once as the SubjectPublicKeyInfo every leaf carries.
+type leafKey struct {
+	signer crypto.Signer
+	spki   []byte
+}
+
 // leafKeys returns one generator per key type, each making its key once.
-func leafKeys() [numKeyTypes]func() (crypto.Signer, error) {
-	return [numKeyTypes]func() (crypto.Signer, error){
-		KeyECDSA: sync.OnceValues(func() (crypto.Signer, error) {
+func leafKeys() [numKeyTypes]func() (*leafKey, error) {
+	return [numKeyTypes]func() (*leafKey, error){
+		KeyECDSA: onceLeafKey(func() (crypto.Signer, error) {
 			return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		}),
-		KeyRSA: sync.OnceValues(func() (crypto.Signer, error) {
+		KeyRSA: onceLeafKey(func() (crypto.Signer, error) {
 			return rsa.GenerateKey(rand.Reader, 2048)
 		}),
 	}
+}
+
+// onceLeafKey returns a function that makes a leafKey with generate on its
+// first call and returns that key, or that error, on every call.
+func onceLeafKey(generate func() (crypto.Signer, error)) func() (*leafKey, error) {
+	return sync.OnceValues(func() (*leafKey, error) {
+		key, err := generate()
+		if err != nil {
+			return nil, err
+		}
+		spki, err := x509.MarshalPKIXPublicKey(key.Public())
+		if err != nil {
+			return nil, fmt.Errorf("encode public key: %w", err)
+		}
+		return &leafKey{signer: key, spki: spki}, nil
+	})
 }
 
 // Certificate returns a certificate for name, a DNS name or an IP literal,
@@ -316,14 +342,32 @@ func (f *Forger) sign(
 		return nil, fmt.Errorf("generate leaf key: %w", err)
 	}
 
+	tmpl := leafTemplate(ca.Cert, key, ip, upstream)
+	tmpl.SerialNumber = serial
+	tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
+	leaf, err := createLeaf(tmpl, ca, leafKey)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{
+		Certificate: [][]byte{leaf.Raw, ca.Cert.Raw},
+		PrivateKey:  leafKey.signer,
+		Leaf:        leaf,
+	}, nil
+}
+
+// leafTemplate describes the leaf forged for key under ca, all but its
+// serial number and validity, which the caller sets. createLeaf encodes
+// only the fields set here; TestCreateLeafMatchesX509 fails when one is
+// added that it does not know.
+func leafTemplate(
+	ca *x509.Certificate, key forgeKey, ip net.IP, upstream *x509.Certificate,
+) *x509.Certificate {
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
-		AuthorityKeyId:        ca.Cert.SubjectKeyId,
+		AuthorityKeyId:        ca.SubjectKeyId,
 	}
 	if key.keyType == KeyRSA {
 		// RFC 5246 RSA key exchange encrypts to the leaf key; clients that
@@ -331,16 +375,7 @@ func (f *Forger) sign(
 		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
 	setNames(tmpl, key.name, ip, upstream)
-
-	leaf, err := signCert(tmpl, ca.Cert, leafKey.Public(), ca.Key)
-	if err != nil {
-		return nil, err
-	}
-	return &tls.Certificate{
-		Certificate: [][]byte{leaf.Raw, ca.Cert.Raw},
-		PrivateKey:  leafKey,
-		Leaf:        leaf,
-	}, nil
+	return tmpl
 }
 
 // setNames gives tmpl the names of upstream's leaf when there is one: the
