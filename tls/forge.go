@@ -227,28 +227,37 @@ func (f *Forger) lookup(
 		key.upstream = sha256.Sum256(upstream.Raw)
 	}
 
+	// The cache's key: a forgery that copies every name from upstream is
+	// the same for each name upstream covers, so those share one, and a
+	// wildcard or CDN certificate covering thousands of names is forged
+	// once instead of once per name.
+	cached := key
+	if namesFromUpstream(upstream) {
+		cached.name = ""
+	}
+
 	f.mu.Lock()
-	if cert := f.lookupLocked(key, time.Now()); cert != nil {
+	if cert := f.lookupLocked(cached, time.Now()); cert != nil {
 		f.mu.Unlock()
 		f.hits.Add(1)
 		return cert, nil
 	}
 	f.misses.Add(1)
-	if call, ok := f.inflight[key]; ok {
+	if call, ok := f.inflight[cached]; ok {
 		f.mu.Unlock()
 		<-call.done
 		return call.cert, call.err
 	}
 	call := &forgeCall{done: make(chan struct{})}
-	f.inflight[key] = call
+	f.inflight[cached] = call
 	f.mu.Unlock()
 
 	call.cert, call.err = f.forge(key, ip, upstream)
 
 	f.mu.Lock()
-	delete(f.inflight, key)
+	delete(f.inflight, cached)
 	if call.err == nil {
-		f.storeLocked(key, call.cert)
+		f.storeLocked(cached, call.cert)
 	}
 	f.mu.Unlock()
 	close(call.done)
@@ -384,6 +393,7 @@ func leafTemplate(
 // was verified for name, so its SANs cover name. Without upstream the
 // only SAN is name (or ip).
 func setNames(tmpl *x509.Certificate, name string, ip net.IP, upstream *x509.Certificate) {
+	// namesFromUpstream must say whether name is used here.
 	tmpl.Subject = pkix.Name{CommonName: name}
 	if upstream != nil && upstream.Subject.CommonName != "" {
 		tmpl.Subject.CommonName = upstream.Subject.CommonName
@@ -400,6 +410,14 @@ func setNames(tmpl *x509.Certificate, name string, ip net.IP, upstream *x509.Cer
 	} else {
 		tmpl.DNSNames = []string{name}
 	}
+}
+
+// namesFromUpstream reports whether setNames takes the subject and every
+// SAN from upstream, leaving nothing in the forgery that depends on the
+// name asked for.
+func namesFromUpstream(upstream *x509.Certificate) bool {
+	return upstream != nil && upstream.Subject.CommonName != "" &&
+		len(upstream.DNSNames)+len(upstream.IPAddresses) > 0
 }
 
 // validity returns the forged certificate's validity period at now: from

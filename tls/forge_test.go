@@ -343,6 +343,49 @@ func TestForgeMirrorsUpstreamNames(t *testing.T) {
 	}
 }
 
+// A forgery that copies all its names from the upstream certificate is
+// made once for every name that certificate covers; one whose CN is the
+// name asked for is made per name.
+func TestForgeSharesForgeriesAcrossNames(t *testing.T) {
+	ca, _ := mustInitCA(t)
+	root, rootKey := mustRoot(t, "lab root")
+	tmpl := mustServerCert(t, root, rootKey, "up.test", "*.up.test").Leaf
+	tmpl.RawSubject = nil
+	tmpl.Subject = pkix.Name{CommonName: "up.test"}
+	withCN := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
+	tmpl.Subject = pkix.Name{}
+	noCN := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
+
+	tests := []struct {
+		name       string
+		upstream   *x509.Certificate
+		wantForged uint64
+	}{
+		{"names all from upstream", withCN, 1},
+		{"CN from the name", noCN, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := mustForger(t, ca, 8)
+			var certs []*tls.Certificate
+			for _, name := range []string{"a.up.test", "b.up.test", "up.test"} {
+				cert := mustCertificate(t, f, name, tt.upstream)
+				opts := x509.VerifyOptions{Roots: poolOf(ca.Cert), DNSName: name}
+				if _, err := cert.Leaf.Verify(opts); err != nil {
+					t.Errorf("forgery for %s: %v", name, err)
+				}
+				certs = append(certs, cert)
+			}
+			if got := f.Stats().Forged; got != tt.wantForged {
+				t.Errorf("forged %d certificates for 3 names, want %d", got, tt.wantForged)
+			}
+			if tt.wantForged == 3 && certs[0].Leaf.Subject.CommonName != "a.up.test" {
+				t.Errorf("CN %q, want the name asked for", certs[0].Leaf.Subject.CommonName)
+			}
+		})
+	}
+}
+
 func TestForgeKeyTypes(t *testing.T) {
 	ca, _ := mustInitCA(t)
 	f := mustForger(t, ca, 8)
