@@ -52,6 +52,7 @@ TUNNEL_HOST=tunnel.cloudproxy.app
 TUNNEL_ADDR=198.19.1.2:443
 WWW_HOST=www.example.test
 WWW_ADDR=198.19.1.3:443
+PRIME_ADDR=198.19.1.3:8443 # the same server on a port nothing intercepts
 METRICS_ADDR=198.18.1.1:9465 # snigate's metrics, on the gateway's LAN address
 SQUID_PORT=3129
 SQUID_CERTGEN=/usr/lib/squid/security_file_certgen
@@ -436,8 +437,14 @@ measure() {
 		done
 		;;
 	newname)
+		local metrics=()
+		[[ $sys == snigate ]] && metrics=(--metrics "http://$METRICS_ADDR/metrics")
+		# The lab server gives each new name a leaf of its own; priming it
+		# on the port no gateway intercepts keeps its signing out of the
+		# timed connections.
 		run_load 600 "$out" newnames --test newname "${common[@]}" --addr "$WWW_ADDR" \
-			--ca "$ca" --prefix "r${rep}${sys}-" --count "$NAMES"
+			--ca "$ca" --prefix "r${rep}${sys}-" --count "$NAMES" --prime "$PRIME_ADDR" \
+			"${metrics[@]}"
 		;;
 	tunnels)
 		local metrics=()
@@ -511,10 +518,13 @@ notes() {
 		  Connection: close, read to the server's close; the first connections of every
 		  worker warm the caches and are not counted. Go's client offers X25519MLKEM768,
 		  which snigate and the lab server take and Squid's OpenSSL 3.0 does not (X25519).
-		- forging: new names alternate with a warm one, one connection at a time; the row
-		  is the difference of their p50s. Squid does not use its in-memory certificate
-		  cache when it peeks at step 1, so every bumped connection asks its certgen helper,
-		  whose disk database is the warm cache.
+		- forging: new names alternate with a warm one, one connection at a time; the first
+		  row is the difference of their p50s, so it also holds the new name's full upstream
+		  handshake (no session to resume yet); the second is snigate's own mean time per
+		  forged certificate, from its metrics. Each new name has its own upstream
+		  certificate. Squid does not use its in-memory certificate cache when it peeks at
+		  step 1, so every bumped connection asks its certgen helper, whose disk database
+		  is the warm cache.
 		- tunnels: per-tunnel numbers are the gateway's growth (RSS from /proc, descriptors,
 		  goroutines from snigate's metrics) divided by the tunnels, measured after a short
 		  settle; kernel socket and pipe buffers are not in RSS.

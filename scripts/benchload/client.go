@@ -89,6 +89,10 @@ type result struct {
 	ColdP99ms float64 `json:"cold_p99_ms,omitempty"`
 	WarmP50ms float64 `json:"warm_p50_ms,omitempty"`
 	WarmP99ms float64 `json:"warm_p99_ms,omitempty"`
+	// Forged and ForgeMs are the certificates the gateway forged during
+	// the run and their mean forging time, from its metrics (snigate only).
+	Forged  int64   `json:"forged,omitempty"`
+	ForgeMs float64 `json:"forge_ms,omitempty"`
 
 	// tunnels
 	Tunnels int        `json:"tunnels,omitempty"`

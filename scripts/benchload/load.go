@@ -172,6 +172,19 @@ func runConns(ctx context.Context, args []string) error {
 	return res.print()
 }
 
+// handshakeOnly completes a TLS handshake with addr for name and hangs up.
+// It only warms the server, so it verifies nothing.
+func handshakeOnly(ctx context.Context, addr, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: &tls.Config{ServerName: name, InsecureSkipVerify: true}}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
 // runNewNames measures the first connection to names the gateway has never
 // seen (so it must forge a certificate for each) against connections to one
 // name it has seen, alternating one of each, one at a time. The new names
@@ -186,6 +199,10 @@ func runNewNames(ctx context.Context, args []string) error {
 	domain := fs.String("domain", "bench.example.test", "parent `domain` of the new names")
 	warmName := fs.String("warm", "", "the warm `name` (default warm.DOMAIN)")
 	count := fs.Int("count", 200, "new names to try (and as many warm connections)")
+	prime := fs.String("prime", "",
+		"server `ADDR:PORT` the gateway does not intercept, shown every new name first, so "+
+			"that a server making a certificate per name has made it before the timed connection")
+	metricsURL := fs.String("metrics", "", "gateway Prometheus `URL` to read forging counters from")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -216,6 +233,21 @@ func runNewNames(ctx context.Context, args []string) error {
 			return fmt.Errorf("warm up %s: %w", *warmName, err)
 		}
 	}
+	if *prime != "" {
+		for i := 1; i <= *count; i++ {
+			name := fmt.Sprintf("%sn%04d.%s", *prefix, i, *domain)
+			if err := handshakeOnly(ctx, *prime, name); err != nil {
+				return fmt.Errorf("prime %s at %s: %w", name, *prime, err)
+			}
+		}
+	}
+	forgeMetrics := []string{"snigate_cert_forge_seconds_total", "snigate_certs_forged_total"}
+	var forge0 []float64
+	if *metricsURL != "" {
+		if forge0, err = scrape(ctx, *metricsURL, forgeMetrics...); err != nil {
+			return err
+		}
+	}
 	cpu0, err := gwCPU(l.gwPID)
 	if err != nil {
 		return err
@@ -239,6 +271,15 @@ func runNewNames(ctx context.Context, args []string) error {
 	res.Seconds = time.Since(start).Seconds()
 	if res.GwCPUSeconds, err = cpuSince(l.gwPID, cpu0); err != nil {
 		return err
+	}
+	if *metricsURL != "" {
+		forge1, err := scrape(ctx, *metricsURL, forgeMetrics...)
+		if err != nil {
+			return err
+		}
+		if res.Forged = int64(forge1[1] - forge0[1]); res.Forged > 0 {
+			res.ForgeMs = (forge1[0] - forge0[0]) * 1000 / float64(res.Forged)
+		}
 	}
 	cold, hot = sortedCopy(cold), sortedCopy(hot)
 	res.ColdP50ms, res.ColdP99ms = percentile(cold, 0.50), percentile(cold, 0.99)

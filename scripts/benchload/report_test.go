@@ -68,14 +68,20 @@ func TestTreeUsage(t *testing.T) {
 	}
 }
 
-func TestParseGoroutines(t *testing.T) {
+func TestParseMetrics(t *testing.T) {
 	text := "# HELP go_goroutines Number of goroutines.\n" +
 		"# TYPE go_goroutines gauge\ngo_goroutines 4011\ngo_threads 9\n"
-	if g, err := parseGoroutines(strings.NewReader(text)); err != nil || g != 4011 {
-		t.Errorf("parseGoroutines = %g, %v; want 4011", g, err)
+	if g, err := parseMetrics(strings.NewReader(text), "go_goroutines"); err != nil || g[0] != 4011 {
+		t.Errorf("parseMetrics = %v, %v; want 4011", g, err)
 	}
-	if _, err := parseGoroutines(strings.NewReader("go_threads 9\n")); err == nil {
-		t.Error("parseGoroutines without the line succeeded")
+	if _, err := parseMetrics(strings.NewReader("go_threads 9\n"), "go_goroutines"); err == nil {
+		t.Error("parseMetrics without the line succeeded")
+	}
+	forge := "snigate_certs_forged_total 12\nsnigate_cert_forge_seconds_total 0.0036\n"
+	v, err := parseMetrics(strings.NewReader(forge),
+		"snigate_cert_forge_seconds_total", "snigate_certs_forged_total")
+	if err != nil || v[0] != 0.0036 || v[1] != 12 {
+		t.Errorf("parseMetrics of two names = %v, %v; want [0.0036 12]", v, err)
 	}
 }
 

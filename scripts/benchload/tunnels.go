@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -186,13 +185,20 @@ func gatewayUsage(ctx context.Context, pid int, metricsURL string) (*procUsage, 
 	return &u, nil
 }
 
-// goroutines reads go_goroutines from a Prometheus text exposition.
+// goroutines reads the gateway's go_goroutines.
 func goroutines(ctx context.Context, url string) (float64, error) {
+	v, err := scrape(ctx, url, "go_goroutines")
+	return v[0], err
+}
+
+// scrape reads the named unlabelled samples from the Prometheus text
+// exposition at url, in the order named.
+func scrape(ctx context.Context, url string, names ...string) ([]float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, err
+		return make([]float64, len(names)), err
 	}
 	// A transport of its own: the default one would keep a connection to
 	// the gateway open, which it would count.
@@ -200,22 +206,41 @@ func goroutines(ctx context.Context, url string) (float64, error) {
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("scrape metrics: %w", err)
+		return make([]float64, len(names)), fmt.Errorf("scrape metrics: %w", err)
 	}
 	defer resp.Body.Close()
-	return parseGoroutines(resp.Body)
+	return parseMetrics(resp.Body, names...)
 }
 
-func parseGoroutines(r io.Reader) (float64, error) {
+// parseMetrics returns the value of each named sample in r. It fails when
+// one is missing.
+func parseMetrics(r io.Reader, names ...string) ([]float64, error) {
+	out := make([]float64, len(names))
+	found := make([]bool, len(names))
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		for i, want := range names {
+			if name == want {
+				v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+				if err != nil {
+					return out, fmt.Errorf("metric %s: %w", name, err)
+				}
+				out[i], found[i] = v, true
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return 0, err
+		return out, err
 	}
-	return 0, errors.New("metrics have no go_goroutines line")
+	for i, ok := range found {
+		if !ok {
+			return out, fmt.Errorf("metrics have no %s line", names[i])
+		}
+	}
+	return out, nil
 }

@@ -45,6 +45,38 @@ func TestBenchNames(t *testing.T) {
 	}); err != nil {
 		t.Errorf("verify bench leaf: %v", err)
 	}
+
+	// Each name gets a leaf of its own, the same one each time.
+	bench := s.pick("n0042.bench.example.test", www)
+	var first *tls.Certificate
+	for range 2 {
+		cert, err := bench.certFor("N0042.bench.example.test.")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first != nil && cert != first {
+			t.Error("a second handshake for the name got a new leaf")
+		}
+		first = cert
+	}
+	own, err := x509.ParseCertificate(first.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(own.DNSNames) != 1 || own.DNSNames[0] != "n0042.bench.example.test" {
+		t.Errorf("per-name leaf names %v, want only n0042.bench.example.test", own.DNSNames)
+	}
+	if _, err := own.Verify(x509.VerifyOptions{
+		DNSName: "n0042.bench.example.test", Roots: roots,
+	}); err != nil {
+		t.Errorf("verify per-name leaf: %v", err)
+	}
+	if other, _ := bench.certFor("n0043.bench.example.test"); other == first {
+		t.Error("two names share a per-name leaf")
+	}
+	if apex, _ := bench.certFor("a.b.bench.example.test"); apex != bench.cert {
+		t.Error("a name the wildcard does not cover got a per-name leaf")
+	}
 }
 
 func TestBytes(t *testing.T) {

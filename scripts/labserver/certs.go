@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -40,6 +41,10 @@ type labHost struct {
 	// selfSigned makes the leaf sign itself, as a device's default
 	// certificate does.
 	selfSigned bool
+	// perName serves each name below the host (the one label its "*."
+	// pattern covers) a leaf of its own, for that name only, as distinct
+	// sites have; the wildcard leaf answers for the rest.
+	perName bool
 }
 
 // labHosts lists every identity the lab serves. expired.example.test,
@@ -75,10 +80,12 @@ var labHosts = []labHost{
 	},
 	{
 		// The benchmark's never-seen names (n0001.bench.example.test, ...),
-		// reached on www.example.test's addresses by SNI, so a gateway
-		// forges a certificate for each new one.
-		name: "bench.example.test",
-		dns:  []string{"*.bench.example.test"},
+		// reached on www.example.test's addresses by SNI. Each has its own
+		// leaf, so a gateway forges a certificate for each new one rather
+		// than reusing the one it made for the wildcard.
+		name:    "bench.example.test",
+		dns:     []string{"*.bench.example.test"},
+		perName: true,
 	},
 }
 
@@ -212,4 +219,37 @@ func mustSerial() *big.Int {
 		panic(err) // crypto/rand does not fail on Linux
 	}
 	return n.Add(n, big.NewInt(1))
+}
+
+// loadIssuer reads the root STEM.crt and STEM.key from dir.
+func loadIssuer(dir, stem string) (*issuer, error) {
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, stem+".crt"), filepath.Join(dir, stem+".key"))
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", stem, err)
+	}
+	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("load %s: key is %T, not ECDSA", stem, pair.PrivateKey)
+	}
+	return &issuer{cert: pair.Leaf, key: key}, nil
+}
+
+// nameLeaf signs a leaf for name alone with ca, certifying key, valid from
+// an hour ago for a year.
+func nameLeaf(name string, key *ecdsa.PrivateKey, ca *issuer) (*tls.Certificate, error) {
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: mustSerial(),
+		Subject:      pkix.Name{Organization: []string{"snigate lab"}, CommonName: name},
+		DNSNames:     []string{name},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("sign leaf for %s: %w", name, err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }

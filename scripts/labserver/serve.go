@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -29,6 +30,32 @@ const shutdownGrace = 5 * time.Second
 type servedHost struct {
 	labHost
 	cert *tls.Certificate
+
+	// For a perName host: the root that signs the per-name leaves, and
+	// those made so far. They certify the host's own key.
+	issuer *issuer
+	mu     sync.Mutex
+	names  map[string]*tls.Certificate
+}
+
+// certFor returns the certificate h shows for sni: for a perName host and
+// a name below it, that name's own leaf, made on first use.
+func (h *servedHost) certFor(sni string) (*tls.Certificate, error) {
+	sni = strings.TrimSuffix(strings.ToLower(sni), ".")
+	if !h.perName || sni == "" || !nameMatches(h.dns[0], sni) {
+		return h.cert, nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cert, ok := h.names[sni]; ok {
+		return cert, nil
+	}
+	cert, err := nameLeaf(sni, h.cert.PrivateKey.(*ecdsa.PrivateKey), h.issuer)
+	if err != nil {
+		return nil, err
+	}
+	h.names[sni] = cert
+	return cert, nil
 }
 
 // server answers for every labHost on every address it listens on.
@@ -82,7 +109,17 @@ func loadServer(stop context.Context, dir string, logger *log.Logger) (*server, 
 			return nil, fmt.Errorf("load certificate for %s (run 'labserver certs' first): %w",
 				h.name, err)
 		}
-		s.hosts = append(s.hosts, &servedHost{labHost: h, cert: &cert})
+		sh := &servedHost{labHost: h, cert: &cert}
+		if h.perName {
+			if sh.issuer, err = loadIssuer(dir, labRootName); err != nil {
+				return nil, err
+			}
+			if _, ok := cert.PrivateKey.(*ecdsa.PrivateKey); !ok {
+				return nil, fmt.Errorf("key of %s is %T, not ECDSA", h.name, cert.PrivateKey)
+			}
+			sh.names = map[string]*tls.Certificate{}
+		}
+		s.hosts = append(s.hosts, sh)
 	}
 	return s, nil
 }
@@ -130,7 +167,7 @@ func (s *server) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 		return nil, fmt.Errorf("no certificate for sni %q on local address %s",
 			hello.ServerName, local)
 	}
-	return h.cert, nil
+	return h.certFor(hello.ServerName)
 }
 
 // addrOf returns the IP of a TCP address, or the zero Addr for anything else.
