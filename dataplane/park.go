@@ -94,6 +94,11 @@ func (p *parker) watch(d *tunnelDir) error {
 		err = ctlErr
 	}
 	if err != nil {
+		if op == unix.EPOLL_CTL_ADD {
+			// Not registered: the next park must add it again, not modify.
+			p.forget(d)
+			d.parkID = 0
+		}
 		return fmt.Errorf("watch idle %s: %w", d.name, err)
 	}
 	return nil
@@ -123,10 +128,15 @@ func (p *parker) loop() {
 		var n int
 		var waitErr error
 		err := raw.Read(func(fd uintptr) bool {
-			n, waitErr = unix.EpollWait(int(fd), events, 0)
+			for {
+				n, waitErr = unix.EpollWait(int(fd), events, 0)
+				if waitErr != syscall.EINTR {
+					break
+				}
+			}
 			// Nothing ready: let the poller wait for the epoll
 			// descriptor to become readable.
-			return !(waitErr == nil && n == 0) && waitErr != syscall.EINTR
+			return waitErr != nil || n > 0
 		})
 		if err == nil {
 			err = waitErr

@@ -199,9 +199,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
-	s.cancel()
+	// Counted before the cancel, which ends parked tunnels at once.
 	s.mu.Lock()
 	n := len(s.conns)
+	s.mu.Unlock()
+	s.cancel()
+	s.mu.Lock()
 	for c := range s.conns {
 		c.Close()
 	}

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // splice connects to the original destination, replays the bytes the
@@ -76,14 +78,19 @@ func relay(ctx context.Context, client, upstream *net.TCPConn,
 	t := &tunnel{halfClose: halfClose, parkAfter: parkAfter, done: done, open: 2}
 	t.dirs[0] = tunnelDir{t: t, src: client, dst: upstream, name: "client to upstream"}
 	t.dirs[1] = tunnelDir{t: t, src: upstream, dst: client, name: "upstream to client"}
-	if p := idleParker(); p != nil {
+	rawClient, err1 := client.SyscallConn()
+	rawUp, err2 := upstream.SyscallConn()
+	if err1 == nil && err2 == nil {
+		t.dirs[0].raw, t.dirs[1].raw = rawClient, rawUp
+		for _, raw := range []syscall.RawConn{rawClient, rawUp} {
+			// Urgent data in line, so that pastUrgentMark can read it.
+			raw.Control(func(fd uintptr) {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
+			})
+		}
 		// Without both descriptors nothing parks: the directions then
 		// wait on their own goroutines.
-		rawClient, err1 := client.SyscallConn()
-		rawUp, err2 := upstream.SyscallConn()
-		if err1 == nil && err2 == nil {
-			t.dirs[0].raw, t.dirs[1].raw, t.parker = rawClient, rawUp, p
-		}
+		t.parker = idleParker()
 	}
 	// A shutdown past its drain time ends the relay from outside; closing
 	// only the client would leave a direction waiting on a silent upstream.
@@ -142,6 +149,12 @@ func (d *tunnelDir) run() {
 		// so a timeout never strands bytes in it.
 		n, err := d.dst.ReadFrom(d.src)
 		d.n += n
+		if err == nil {
+			var more bool
+			if more, err = d.pastUrgentMark(); err == nil && more {
+				continue
+			}
+		}
 		switch {
 		case err == nil:
 			t.eof(d)
@@ -156,6 +169,45 @@ func (d *tunnelDir) run() {
 			return
 		}
 	}
+}
+
+// pastUrgentMark tells a real end of src from TCP's urgent mark, where
+// splice(2) stops just as at the end (the kernel's tcp_read_sock never reads
+// past the mark), which would cut the rest of the stream off. With
+// SO_OOBINLINE the urgent byte is ordinary data to recv(2): it reads what
+// is there, writes it to dst and reports true, and the splice can go on.
+// It reports false at the real end, and also when there is nothing to
+// read, so that a socket whose option could not be set never spins.
+func (d *tunnelDir) pastUrgentMark() (bool, error) {
+	if d.raw == nil {
+		return false, nil
+	}
+	var buf [512]byte
+	var n int
+	var recvErr error
+	err := d.raw.Read(func(fd uintptr) bool {
+		for {
+			n, _, recvErr = unix.Recvfrom(int(fd), buf[:], unix.MSG_DONTWAIT)
+			if recvErr != unix.EINTR {
+				return true
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("relay %s: %w", d.name, err)
+	case recvErr == unix.EAGAIN:
+		return false, nil
+	case recvErr != nil:
+		return false, fmt.Errorf("relay %s: %w", d.name, recvErr)
+	case n == 0:
+		return false, nil
+	}
+	if _, err := d.dst.Write(buf[:n]); err != nil {
+		return false, fmt.Errorf("relay %s: %w", d.name, err)
+	}
+	d.n += int64(n)
+	return true, nil
 }
 
 // park hands d to the parker. It reports false, and d keeps running, when
@@ -196,7 +248,8 @@ func (t *tunnel) eof(d *tunnelDir) {
 		t.fail(fmt.Errorf("half-close %s: %w", d.name, err))
 	}
 	t.mu.Lock()
-	if t.open == 2 && !t.failed {
+	// Both directions can reach their EOF at once; one timer is enough.
+	if t.open == 2 && !t.failed && t.halfTimer == nil {
 		other := &t.dirs[0]
 		if other == d {
 			other = &t.dirs[1]
@@ -211,8 +264,10 @@ func (t *tunnel) eof(d *tunnelDir) {
 
 // fail ends the tunnel: it closes both sides, which ends running
 // directions, and ends parked ones itself. The first error is the one
-// reported; a side closed from outside (shutdown after the drain time)
-// shows up as net.ErrClosed, which ends the relay but is no error.
+// reported; net.ErrClosed, which the relay's context ending passes and a
+// running direction sees once the sockets are closed, is no error. Only
+// the context ends a relay from outside: a parked direction whose socket
+// is closed by someone else never hears of it.
 func (t *tunnel) fail(err error) {
 	t.mu.Lock()
 	if t.failed {
@@ -252,13 +307,17 @@ func (t *tunnel) end(d *tunnelDir) {
 func (t *tunnel) endLocked(d *tunnelDir) bool {
 	d.state = dirEnded
 	t.open--
+	if t.open == 0 {
+		// A fail from now on (the context, the half-close timer) comes
+		// too late to be the reason the tunnel ended.
+		t.failed = true
+	}
 	return t.open == 0
 }
 
 // finish runs once, after both directions ended.
 func (t *tunnel) finish() {
 	t.mu.Lock()
-	t.failed = true // a late fail (the context, the timer) is moot now
 	err := t.err
 	t.mu.Unlock()
 	t.stopCtx()

@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -204,4 +206,40 @@ func TestRelayParkedTunnelsHoldNoGoroutines(t *testing.T) {
 			t.Fatalf("tunnel %d still relaying 5s after both ends closed", i)
 		}
 	}
+}
+
+// A byte sent as TCP urgent data is relayed in line with the rest, and
+// the stream after it is not cut off: splice(2) stops at the urgent mark
+// as it does at the end of a stream.
+func TestRelayUrgentData(t *testing.T) {
+	eachParking(t, func(t *testing.T, parkAfter time.Duration) {
+		clientApp, clientSide := tcpPair(t)
+		upstreamSide, serverApp := tcpPair(t)
+		done := startRelay(context.Background(), clientSide, upstreamSide, time.Minute, parkAfter)
+
+		for _, hop := range [][2]*net.TCPConn{{clientApp, serverApp}, {serverApp, clientApp}} {
+			hop[0].Write([]byte("abc"))
+			raw, err := hop[0].SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sendErr error
+			raw.Control(func(fd uintptr) {
+				sendErr = unix.Sendto(int(fd), []byte("!"), unix.MSG_OOB, nil)
+			})
+			if sendErr != nil {
+				t.Fatalf("send urgent byte: %v", sendErr)
+			}
+			time.Sleep(20 * time.Millisecond)
+			hop[0].Write([]byte("def"))
+			hop[0].CloseWrite()
+			hop[1].SetReadDeadline(time.Now().Add(5 * time.Second))
+			if got, err := io.ReadAll(hop[1]); string(got) != "abc!def" || err != nil {
+				t.Errorf("peer read %q, %v; want abc!def", got, err)
+			}
+		}
+		if r := <-done; r.err != nil || r.up != 7 || r.down != 7 {
+			t.Errorf("relay = %d up, %d down, %v; want 7, 7, nil", r.up, r.down, r.err)
+		}
+	})
 }
