@@ -35,6 +35,8 @@
 #   BENCH_SYSTEMS      systems to run, a subset of "direct snigate squid"
 #   BENCH_TESTS        measurements, a subset of "splice1 splice8 bump newname tunnels"
 #   BENCH_OUT          table file (default out/bench-YYYYmmdd-HHMMSS.txt)
+#   BENCH_KEY_EXCHANGE snigate's upstream.key_exchange: hybrid (default) or classic,
+#                      the groups Squid's OpenSSL 3.0 is limited to
 #   BENCH_PROFILE      a directory: snigate serves pprof and a CPU profile of
 #                      each bumped-connection run is saved there
 #   SNIGATE, LABSERVER, BENCHLOAD   prebuilt binaries (built with go otherwise)
@@ -70,6 +72,7 @@ NAMES=${BENCH_NAMES:-200}
 TUNNELS=${BENCH_TUNNELS:-2000}
 SYSTEMS=${BENCH_SYSTEMS:-direct snigate squid}
 TESTS=${BENCH_TESTS:-splice1 splice8 bump newname tunnels}
+KEY_EXCHANGE=${BENCH_KEY_EXCHANGE:-hybrid}
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=${BENCH_OUT:-$REPO/out/bench-$STAMP.txt}
 
@@ -98,6 +101,8 @@ check_settings() {
 		[[ $v =~ ^(splice1|splice8|bump|newname|tunnels)$ ]] ||
 			die "BENCH_TESTS: unknown measurement \"$v\""
 	done
+	[[ $KEY_EXCHANGE =~ ^(hybrid|classic)$ ]] ||
+		die "BENCH_KEY_EXCHANGE: \"$KEY_EXCHANGE\" is not hybrid or classic"
 	local cmd
 	for cmd in ip iptables conntrack timeout; do
 		command -v "$cmd" >/dev/null || die "$cmd not found (make bench installs it)"
@@ -251,6 +256,7 @@ write_configs() {
 		  key: $LAB_DIR/ca/ca.key
 		upstream:
 		  roots: [$ROOT]
+		  key_exchange: $KEY_EXCHANGE
 		log:
 		  level: warn
 		  format: json
@@ -498,7 +504,8 @@ header() {
 	cat <<-EOF
 		snigate benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')
 		host: $(nproc) cores, $mem, kernel $(uname -r); client, gateway and servers share the cores
-		systems: direct = the gateway only forwards; $sg = default policy, log level warn;
+		systems: direct = the gateway only forwards; $sg = default policy, log level warn,
+		  key_exchange $KEY_EXCHANGE;
 		  squid $squid_v = intercept, peek at step 1, splice tunnel.cloudproxy.app, bump the rest
 		runs: $REPS per system and measurement, order rotated; medians; (x) = ratio to direct
 		sizes: download $size (1 stream, then $STREAMS sharing it); bumped conns ${DURATION}s at

@@ -67,6 +67,53 @@ func ParseVerifyFailureMode(s string) (VerifyFailureMode, error) {
 	return 0, fmt.Errorf("verify failure mode %s is not reject or mimic", quoteWire(s))
 }
 
+// KeyExchange says which key exchange groups both TLS legs of a bumped
+// connection use.
+type KeyExchange int
+
+const (
+	// KeyExchangeHybrid prefers X25519MLKEM768, the post-quantum hybrid,
+	// on both legs, with X25519 and the NIST curves after it: crypto/tls's
+	// defaults. Recorded traffic stays safe from a future quantum computer.
+	KeyExchangeHybrid KeyExchange = iota
+	// KeyExchangeClassic uses X25519, P-256 and P-384 only. The ML-KEM
+	// work is about a fifth of a bumped connection's CPU on the gateway,
+	// and clients on the LAN save theirs too; what is given up is the
+	// post-quantum protection of both legs.
+	KeyExchangeClassic
+)
+
+// String returns the key exchange's configuration name.
+func (k KeyExchange) String() string {
+	switch k {
+	case KeyExchangeHybrid:
+		return "hybrid"
+	case KeyExchangeClassic:
+		return "classic"
+	}
+	return fmt.Sprintf("KeyExchange(%d)", int(k))
+}
+
+// ParseKeyExchange returns the key exchange named s: "hybrid" or "classic".
+func ParseKeyExchange(s string) (KeyExchange, error) {
+	switch s {
+	case "hybrid":
+		return KeyExchangeHybrid, nil
+	case "classic":
+		return KeyExchangeClassic, nil
+	}
+	return 0, fmt.Errorf("key exchange %s is not hybrid or classic", quoteWire(s))
+}
+
+// curves returns the tls.Config.CurvePreferences for k; nil is crypto/tls's
+// default order.
+func (k KeyExchange) curves() []tls.CurveID {
+	if k == KeyExchangeClassic {
+		return []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384}
+	}
+	return nil
+}
+
 // BumpConfig configures a Bumper.
 type BumpConfig struct {
 	// Forger forges the certificates shown to clients. Required.
@@ -81,6 +128,9 @@ type BumpConfig struct {
 	// VerifyFailure says what the client sees when the upstream fails
 	// verification; the zero value is VerifyReject.
 	VerifyFailure VerifyFailureMode
+	// KeyExchange picks the key exchange groups of both legs; the zero
+	// value is KeyExchangeHybrid.
+	KeyExchange KeyExchange
 }
 
 // Bumper terminates a client's TLS with a forged certificate after
@@ -318,6 +368,7 @@ func (b *Bumper) handshakeUpstream(
 		RootCAs:            b.cfg.Roots,
 		NextProtos:         alpn,
 		ClientSessionCache: b.sessions,
+		CurvePreferences:   b.cfg.KeyExchange.curves(),
 	}
 	hctx, cancel := context.WithTimeout(ctx, b.cfg.HandshakeTimeout)
 	defer cancel()
@@ -372,7 +423,11 @@ func (b *Bumper) refuseClient(ctx context.Context, conn net.Conn) {
 func (b *Bumper) serveClient(
 	ctx context.Context, conn net.Conn, certs certPicker, proto string, resumable bool,
 ) (*tls.Conn, error) {
-	cfg := &tls.Config{GetCertificate: certs.forClient, SessionTicketsDisabled: !resumable}
+	cfg := &tls.Config{
+		GetCertificate:         certs.forClient,
+		SessionTicketsDisabled: !resumable,
+		CurvePreferences:       b.cfg.KeyExchange.curves(),
+	}
 	if proto != "" {
 		cfg.NextProtos = []string{proto}
 	}

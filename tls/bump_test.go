@@ -9,8 +9,10 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -527,5 +529,57 @@ func TestTicketKeysRotate(t *testing.T) {
 	back, _ := k.at(t0)
 	if back[0] == keys[0] {
 		t.Error("keys unchanged after the clock went back")
+	}
+}
+
+// The key exchange setting decides the groups of both legs: the one the
+// client gets, and the ones offered upstream.
+func TestBumpKeyExchange(t *testing.T) {
+	tests := []struct {
+		kx             KeyExchange
+		wantClient     tls.CurveID
+		upstreamHybrid bool
+	}{
+		{KeyExchangeHybrid, tls.X25519MLKEM768, true},
+		{KeyExchangeClassic, tls.X25519, false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.kx), func(t *testing.T) {
+			lab := newBumpLab(t)
+			lab.bumper.cfg.KeyExchange = tt.kx
+			offered := make(chan []tls.CurveID, 1)
+			upCfg := &tls.Config{
+				Certificates: []tls.Certificate{mustServerCert(t, lab.root, lab.rootKey, "up.test")},
+				GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+					offered <- hello.SupportedCurves
+					return nil, nil
+				},
+			}
+			ln, err := tls.Listen("tcp", "127.0.0.1:0", upCfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			go func() {
+				if conn, err := ln.Accept(); err == nil {
+					echo(conn.(*tls.Conn))
+				}
+			}()
+			addr, _ := startBump(t, context.Background(), lab, ln.Addr().String(), "up.test", nil)
+
+			var sawCert bool
+			// Go's client offers X25519MLKEM768 and X25519 key shares.
+			conn, err := dialClient(addr, clientConfig(lab, "up.test", nil, &sawCert))
+			if err != nil {
+				t.Fatalf("client handshake: %v", err)
+			}
+			defer conn.Close()
+			if got := conn.ConnectionState().CurveID; got != tt.wantClient {
+				t.Errorf("client leg key exchange %v, want %v", got, tt.wantClient)
+			}
+			if got := slices.Contains(<-offered, tls.X25519MLKEM768); got != tt.upstreamHybrid {
+				t.Errorf("upstream offered X25519MLKEM768: %v, want %v", got, tt.upstreamHybrid)
+			}
+		})
 	}
 }

@@ -74,6 +74,10 @@ type Upstream struct {
 	// fails verification: reject (an alert) or mimic (an untrusted
 	// certificate, so the browser shows its own error page).
 	VerifyFailure verifyFailure `yaml:"verify_failure"`
+	// KeyExchange is hybrid (post-quantum X25519MLKEM768 first) or
+	// classic (X25519 and NIST curves), for both legs of a bumped
+	// connection.
+	KeyExchange keyExchange `yaml:"key_exchange"`
 }
 
 type Hello struct {
@@ -548,6 +552,17 @@ func (v *verifyFailure) UnmarshalYAML(n *yaml.Node) error {
 		return errAt(n, "verify_failure %q is not reject or mimic", n.Value)
 	}
 	*v = verifyFailure(m)
+	return nil
+}
+
+type keyExchange gwtls.KeyExchange
+
+func (k *keyExchange) UnmarshalYAML(n *yaml.Node) error {
+	m, err := gwtls.ParseKeyExchange(n.Value)
+	if err != nil {
+		return errAt(n, "key_exchange %q is not hybrid or classic", n.Value)
+	}
+	*k = keyExchange(m)
 	return nil
 }
 

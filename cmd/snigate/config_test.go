@@ -12,6 +12,7 @@ import (
 
 	"github.com/snigate/snigate/bpf"
 	"github.com/snigate/snigate/dataplane"
+	gwtls "github.com/snigate/snigate/tls"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -76,9 +77,16 @@ policy:
   default: splice
 shutdown:
   drain: 1s
+upstream:
+  verify_failure: mimic
+  key_exchange: classic
 `))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if gwtls.VerifyFailureMode(cfg.Upstream.VerifyFailure) != gwtls.VerifyMimic ||
+		gwtls.KeyExchange(cfg.Upstream.KeyExchange) != gwtls.KeyExchangeClassic {
+		t.Errorf("upstream = %+v, want mimic and classic", cfg.Upstream)
 	}
 	if len(cfg.Intercept.Interfaces) != 2 || len(cfg.ports()) != 2 {
 		t.Errorf("interfaces %v ports %v", cfg.Intercept.Interfaces, cfg.ports())
@@ -151,6 +159,8 @@ func TestLoadConfigErrors(t *testing.T) {
 			"policy.not_tls: bump needs a TLS hello"},
 		{"bad verify_failure", "intercept:\n  interfaces: [lan0]\nupstream:\n  verify_failure: warn\n",
 			`:4: verify_failure "warn" is not reject or mimic`},
+		{"bad key_exchange", "intercept:\n  interfaces: [lan0]\nupstream:\n  key_exchange: mlkem\n",
+			`:4: key_exchange "mlkem" is not hybrid or classic`},
 		{"not yaml", "intercept: [\n", "snigate.yaml"},
 	}
 	for _, tt := range tests {

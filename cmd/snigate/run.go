@@ -299,6 +299,7 @@ func (g *gateway) bumper(cfg *Config) (dataplane.BumpFunc, error) {
 	g.caRaw = ca.Cert.Raw
 	b := gwtls.NewBumper(gwtls.BumpConfig{Forger: forger, Roots: roots,
 		VerifyFailure:    gwtls.VerifyFailureMode(cfg.Upstream.VerifyFailure),
+		KeyExchange:      gwtls.KeyExchange(cfg.Upstream.KeyExchange),
 		HalfCloseTimeout: time.Duration(cfg.Relay.HalfCloseTimeout)})
 	headersFor, err := requestHeaders(cfg)
 	if err != nil {
