@@ -265,7 +265,7 @@ write_configs() {
 		control: $LAB_DIR/snigate/control.sock
 		metrics:
 		  listen: $METRICS_ADDR
-		  pprof: $([[ -n ${BENCH_PROFILE:-} ]] && echo true || echo false)
+		  pprof: true # CPU profiles (BENCH_PROFILE) and a GC before memory readings
 	YAML
 	in_gw "$SNIGATE" check --config "$LAB_DIR/snigate/snigate.yaml" >/dev/null
 
@@ -454,7 +454,8 @@ measure() {
 		;;
 	tunnels)
 		local metrics=()
-		[[ $sys == snigate ]] && metrics=(--metrics "http://$METRICS_ADDR/metrics")
+		[[ $sys == snigate ]] && metrics=(--metrics "http://$METRICS_ADDR/metrics"
+			--gc-url "http://$METRICS_ADDR/debug/pprof/heap?gc=1")
 		run_load 600 "$out" tunnels --test tunnels "${common[@]}" --addr "$TUNNEL_ADDR" \
 			--sni "$TUNNEL_HOST" --ca "$ROOT" --count "$TUNNELS" "${metrics[@]}"
 		;;
@@ -534,7 +535,12 @@ notes() {
 		  is the warm cache.
 		- tunnels: per-tunnel numbers are the gateway's growth (RSS from /proc, descriptors,
 		  goroutines from snigate's metrics) divided by the tunnels, measured after a short
-		  settle; kernel socket and pipe buffers are not in RSS.
+		  settle; kernel socket and pipe buffers are not in RSS. RSS also holds garbage not
+		  yet collected and freed pages not yet returned, so it swings with the collector's
+		  timing (snigate runs at GOGC=400); the live row is snigate's Go heap and stacks in
+		  use right after a collection it is asked to run, the memory a tunnel keeps.
+		  Idle splice pipes go back to Go's pool and close at its next collections, so
+		  the fds row counts some that are about to go.
 		- Squid runs one worker (Debian's default) with access_log none; snigate logs at
 		  warn, so neither writes a line per connection. IPv4 only.
 		- between systems the gateway namespace's conntrack table is flushed and sockets

@@ -22,6 +22,11 @@ type procUsage struct {
 	Procs      int     `json:"procs"`
 	// Goroutines is go_goroutines from the gateway's metrics, when asked.
 	Goroutines *float64 `json:"goroutines,omitempty"`
+	// LiveKiB is the Go heap and goroutine stacks in use right after a
+	// collection the gateway was asked to run (--gc-url), from its
+	// metrics: memory still referenced, without the garbage and freed
+	// pages RSS may still hold.
+	LiveKiB *float64 `json:"live_kib,omitempty"`
 }
 
 // procStat is the part of /proc/PID/stat that treeUsage needs.

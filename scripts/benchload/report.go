@@ -135,6 +135,14 @@ func metrics(concurrencies []int) []metric {
 		metric{name: "RSS KiB per idle tunnel", test: "tunnels",
 			value: perTunnel(func(u *procUsage) float64 { return float64(u.RSSKiB) }),
 			goal:  atMost(8, "KiB")},
+		metric{name: "live heap+stacks KiB per idle tunnel", test: "tunnels",
+			value: func(r *result) (float64, bool) {
+				if r.Before == nil || r.After == nil || r.Tunnels == 0 ||
+					r.Before.LiveKiB == nil || r.After.LiveKiB == nil {
+					return 0, false
+				}
+				return (*r.After.LiveKiB - *r.Before.LiveKiB) / float64(r.Tunnels), true
+			}},
 		metric{name: "fds per idle tunnel", test: "tunnels",
 			value: perTunnel(func(u *procUsage) float64 { return float64(u.FDs) })},
 		metric{name: "goroutines per idle tunnel", test: "tunnels",

@@ -30,6 +30,8 @@ func runTunnels(ctx context.Context, args []string) error {
 	settle := fs.Duration("settle", 2*time.Second,
 		"wait this long with all tunnels open before measuring")
 	metrics := fs.String("metrics", "", "gateway Prometheus `URL` to read go_goroutines from")
+	gcURL := fs.String("gc-url", "", "a gateway `URL` whose GET runs a garbage collection "+
+		"(pprof's /debug/pprof/heap?gc=1); with --metrics, live memory is read after it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -61,7 +63,7 @@ func runTunnels(ctx context.Context, args []string) error {
 	time.Sleep(time.Second)
 
 	res := newResult(l)
-	if res.Before, err = gatewayUsage(ctx, l.gwPID, *metrics); err != nil {
+	if res.Before, err = gatewayUsage(ctx, l.gwPID, *metrics, *gcURL); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -77,7 +79,7 @@ func runTunnels(ctx context.Context, args []string) error {
 	case <-time.After(*settle):
 	case <-ctx.Done():
 	}
-	res.After, err = gatewayUsage(ctx, l.gwPID, *metrics)
+	res.After, err = gatewayUsage(ctx, l.gwPID, *metrics, *gcURL)
 	closeAll(conns)
 	if err != nil {
 		return err
@@ -166,8 +168,10 @@ func closeAll(conns []*websocket.Conn) {
 }
 
 // gatewayUsage reads the gateway tree's usage and, with a metrics URL, its
-// goroutine count. Without a pid there is nothing to read.
-func gatewayUsage(ctx context.Context, pid int, metricsURL string) (*procUsage, error) {
+// goroutine count; with a GC URL too, it then has the gateway collect its
+// garbage and reads its live memory. RSS is read before the collection,
+// as the gateway has it. Without a pid there is nothing to read.
+func gatewayUsage(ctx context.Context, pid int, metricsURL, gcURL string) (*procUsage, error) {
 	if pid == 0 {
 		return nil, nil
 	}
@@ -175,20 +179,50 @@ func gatewayUsage(ctx context.Context, pid int, metricsURL string) (*procUsage, 
 	if err != nil {
 		return nil, err
 	}
-	if metricsURL != "" {
-		g, err := goroutines(ctx, metricsURL)
-		if err != nil {
-			return nil, err
-		}
-		u.Goroutines = &g
+	if metricsURL == "" {
+		return &u, nil
 	}
+	v, err := scrape(ctx, metricsURL, "go_goroutines")
+	if err != nil {
+		return nil, err
+	}
+	u.Goroutines = &v[0]
+	if gcURL == "" {
+		return &u, nil
+	}
+	if err := get200(ctx, gcURL); err != nil {
+		return nil, fmt.Errorf("collect garbage: %w", err)
+	}
+	v, err = scrape(ctx, metricsURL, "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes")
+	if err != nil {
+		return nil, err
+	}
+	live := (v[0] + v[1]) / 1024
+	u.LiveKiB = &live
 	return &u, nil
 }
 
-// goroutines reads the gateway's go_goroutines.
-func goroutines(ctx context.Context, url string) (float64, error) {
-	v, err := scrape(ctx, url, "go_goroutines")
-	return v[0], err
+// get200 fetches url and discards the body; anything but 200 OK fails.
+func get200(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	// No kept-alive connection to the gateway for it to count.
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
 }
 
 // scrape reads the named unlabelled samples from the Prometheus text
