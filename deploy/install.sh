@@ -118,9 +118,9 @@ fi
 CA=$STATE_DIR
 cat <<TRUST
 
-Clients must trust the gateway CA before their connections are bumped:
-  Windows:  copy $CA/ca.der to the PC, then as administrator:
-              certutil -addstore root ca.der
+Clients must trust the gateway CA before their connections are bumped. Copy
+$CA/ca.crt (PEM) or $CA/ca.der (DER) to each client, then there:
+  Windows:  as administrator: certutil -addstore root ca.der
   macOS:    sudo security add-trusted-cert -d -r trustRoot \\
               -k /Library/Keychains/System.keychain ca.crt
   Debian/Ubuntu: cp ca.crt /usr/local/share/ca-certificates/snigate.crt &&

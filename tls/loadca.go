@@ -114,8 +114,8 @@ func loadKey(path string) (crypto.Signer, error) {
 			return nil, fmt.Errorf("load ca key %s: %w", path, errEncryptedKey)
 		}
 	}
-	return nil, fmt.Errorf(
-		"load ca key %s: no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY PEM block", path)
+	return nil, fmt.Errorf("load ca key %s: no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY "+
+		"PEM block (a key kept in a file of its own is given with --key)", path)
 }
 
 // parseKeyBlock decodes a PKCS#8, PKCS#1 or SEC1 private key block.

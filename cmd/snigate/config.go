@@ -499,7 +499,7 @@ type port uint16
 func (p *port) UnmarshalYAML(n *yaml.Node) error {
 	v, err := strconv.Atoi(n.Value)
 	if err != nil || v < 1 || v > 65535 {
-		return errAt(n, "port %q out of range 1-65535", n.Value)
+		return errAt(n, "port %q is not a number in 1-65535", n.Value)
 	}
 	*p = port(v)
 	return nil
@@ -580,6 +580,10 @@ func (h *headers) UnmarshalYAML(n *yaml.Node) error {
 		if !validHeaderName(name) {
 			return errAt(n, "header name %q is not a valid HTTP field name", name)
 		}
+		if managedHeader(name) {
+			return errAt(n, "header %s cannot be added: the proxy sets it for each "+
+				"request or connection", name)
+		}
 		if strings.ContainsAny(value, "\r\n\x00") {
 			return errAt(n, "header %s: value %q contains a line break or NUL", name, value)
 		}
@@ -587,6 +591,18 @@ func (h *headers) UnmarshalYAML(n *yaml.Node) error {
 	}
 	*h = headers(out)
 	return nil
+}
+
+// managedHeader reports whether name is a header the HTTP proxy sets or
+// drops on its own (the request target, message framing, hop-by-hop
+// fields), where an added value would be silently lost.
+func managedHeader(name string) bool {
+	switch http.CanonicalHeaderKey(name) {
+	case "Host", "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
+		"Proxy-Connection", "Te", "Trailer", "Upgrade":
+		return true
+	}
+	return false
 }
 
 // validHeaderName reports whether name is an HTTP token (RFC 9110,

@@ -115,7 +115,7 @@ func TestLoadConfigErrors(t *testing.T) {
 			"    - sni: [a.test]\n      action: splise\n",
 			`:6: action "splise" is not splice, bump or block`},
 		{"bad port", "intercept:\n  interfaces: [lan0]\n  ports: [70000]\n",
-			`:3: port "70000" out of range 1-65535`},
+			`:3: port "70000" is not a number in 1-65535`},
 		{"bad bypass", "intercept:\n  interfaces: [lan0]\n  bypass: [10.0.0.0/33]\n",
 			`:3: "10.0.0.0/33" is not an address or prefix`},
 		{"bad listen", "intercept:\n  interfaces: [lan0]\nlisten: [localhost]\n",
@@ -136,6 +136,9 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"bad header name", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
 			"    - sni: [a.test]\n      action: bump\n      add_request_headers: {\"X A\": b}\n",
 			`header name "X A"`},
+		{"header the proxy sets", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
+			"    - sni: [a.test]\n      action: bump\n      add_request_headers: {host: evil.test}\n",
+			`:7: header host cannot be added`},
 		{"loopback interface", "intercept:\n  interfaces: [lan0, lo]\n",
 			`:2: interface lo is not a LAN interface`},
 		{"duplicate interface", "intercept:\n  interfaces:\n    - lan0\n    - lan0\n",
@@ -266,5 +269,26 @@ func TestControlPathNotASocket(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(path); string(data) != "keep me" {
 		t.Errorf("the file at the control path changed: %q", data)
+	}
+}
+
+// The README's configuration with every setting is one the daemon takes.
+func TestReadmeConfig(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "\n```yaml\n")
+	block, _, closed := strings.Cut(rest, "\n```\n")
+	if !ok || !closed {
+		t.Fatal("README has no ```yaml block")
+	}
+	cfg, err := LoadConfig(writeConfig(t, block))
+	if err != nil {
+		t.Fatalf("README configuration: %v", err)
+	}
+	if cfg.Intercept.Mark != bpf.DefaultMark || cfg.Intercept.Table != bpf.DefaultTable {
+		t.Errorf("README mark %#x table %d, want the defaults %#x and %d",
+			cfg.Intercept.Mark, cfg.Intercept.Table, bpf.DefaultMark, bpf.DefaultTable)
 	}
 }
