@@ -33,6 +33,8 @@ type controlRequest struct {
 type controlReply struct {
 	Error  string  `json:"error,omitempty"`
 	Status *status `json:"status,omitempty"`
+	// Kept names changed settings a reload left as they were.
+	Kept string `json:"kept,omitempty"`
 }
 
 type controlServer struct {
@@ -113,10 +115,11 @@ func (g *gateway) handleControl(command string) controlReply {
 	case "status":
 		return controlReply{Status: g.status()}
 	case "reload":
-		if err := g.reload(); err != nil {
+		kept, err := g.reload()
+		if err != nil {
 			return controlReply{Error: err.Error()}
 		}
-		return controlReply{}
+		return controlReply{Kept: kept}
 	}
 	return controlReply{Error: fmt.Sprintf("unknown command %q", command)}
 }
@@ -277,8 +280,13 @@ func cmdReload(args []string, stdout io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if _, err := askDaemon(*path, "reload"); err != nil {
+	reply, err := askDaemon(*path, "reload")
+	if err != nil {
 		return fmt.Errorf("reload: %w", err)
+	}
+	if reply.Kept != "" {
+		fmt.Fprintf(stdout, "reloaded; changes to %s need a restart and are not applied\n", reply.Kept)
+		return nil
 	}
 	fmt.Fprintln(stdout, "reloaded")
 	return nil

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"reflect"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -132,6 +133,8 @@ type gateway struct {
 type reloadResult struct {
 	At    time.Time
 	Error string
+	// Kept names the changed settings the reload could not apply.
+	Kept string
 }
 
 // run starts the gateway, serves until SIGINT or SIGTERM, and stops it.
@@ -181,7 +184,7 @@ func (g *gateway) loop(sig <-chan os.Signal, serveErr <-chan error) error {
 		select {
 		case s := <-sig:
 			if s == syscall.SIGHUP {
-				g.reload()
+				g.reload() // logs what it did
 				continue
 			}
 			g.log.Info("stopping", zap.Stringer("signal", s))
@@ -366,12 +369,15 @@ func accessLogger(log *zap.Logger, req dataplane.BumpRequest) func(gwtls.Request
 // reload re-reads the configuration and the CA. New connections get the new
 // policy; established ones keep theirs, and the steering stays attached
 // throughout. A configuration that fails validation changes nothing.
-func (g *gateway) reload() error {
+//
+// It returns the changed settings it had to keep, if any, which only a
+// restart applies.
+func (g *gateway) reload() (string, error) {
 	notify(g.log, daemon.SdNotifyReloading+"\n"+daemon.SdNotifyMonotonicUsec())
 	defer notify(g.log, daemon.SdNotifyReady)
 
-	err := g.applyReload()
-	res := &reloadResult{At: time.Now()}
+	kept, err := g.applyReload()
+	res := &reloadResult{At: time.Now(), Kept: kept}
 	if err != nil {
 		g.reloadsRefused.Add(1)
 		res.Error = err.Error()
@@ -381,37 +387,50 @@ func (g *gateway) reload() error {
 		g.log.Info("reloaded", zap.String("config", g.path))
 	}
 	g.lastReload.Store(res)
-	return err
+	return kept, err
 }
 
-func (g *gateway) applyReload() error {
+func (g *gateway) applyReload() (string, error) {
 	cfg, err := LoadConfig(g.path)
 	if err != nil {
-		return err
+		return "", err
 	}
-	if !reflect.DeepEqual(cfg.Intercept, g.cfg.Intercept) ||
-		!reflect.DeepEqual(cfg.Listen, g.cfg.Listen) ||
-		cfg.Control != g.cfg.Control || cfg.Metrics != g.cfg.Metrics {
-		// LIMITATION: interfaces, ports, listeners, control and metrics
-		// addresses are fixed at start; a reload keeps the running ones
-		// and says so. Reattaching without a gap would lift this.
-		g.log.Warn("intercept, listen, control and metrics changes need a restart; " +
-			"the running ones stay")
-		cfg.Intercept, cfg.Listen = g.cfg.Intercept, g.cfg.Listen
-		cfg.Control, cfg.Metrics = g.cfg.Control, g.cfg.Metrics
+	// LIMITATION: interfaces, ports, listeners, control and metrics
+	// addresses are fixed at start; a reload keeps the running ones and
+	// says which. Reattaching without a gap would lift this.
+	var kept []string
+	for _, s := range []struct {
+		name    string
+		changed bool
+	}{
+		{"intercept", !reflect.DeepEqual(cfg.Intercept, g.cfg.Intercept)},
+		{"listen", !reflect.DeepEqual(cfg.Listen, g.cfg.Listen)},
+		{"control", cfg.Control != g.cfg.Control},
+		{"metrics", cfg.Metrics != g.cfg.Metrics},
+	} {
+		if s.changed {
+			kept = append(kept, s.name)
+		}
+	}
+	cfg.Intercept, cfg.Listen = g.cfg.Intercept, g.cfg.Listen
+	cfg.Control, cfg.Metrics = g.cfg.Control, g.cfg.Metrics
+	keptText := strings.Join(kept, ", ")
+	if keptText != "" {
+		g.log.Warn("changed settings need a restart; the running ones stay",
+			zap.String("settings", keptText))
 	}
 	dcfg, err := g.dataplaneConfig(cfg)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := setLevel(g.level, cfg.Log.Level); err != nil {
-		return err
+		return "", err
 	}
 	if err := g.server.Reload(dcfg); err != nil {
-		return err
+		return "", err
 	}
 	g.cfg = cfg
-	return nil
+	return keptText, nil
 }
 
 // stop closes the listeners first: the kernel then drops them from the

@@ -168,9 +168,28 @@ func TestReload(t *testing.T) {
 		t.Errorf("after the reload www.example.test is still bumped")
 	}
 
+	// A change only a restart applies is left out, and the reload says so.
+	mode := d.mode
+	d.mode = map[string]string{"legacy": "tcx"}[mode]
+	if d.mode == "" {
+		d.mode = "legacy"
+	}
+	d.writeConfig(t, `policy:
+  rules:
+    - sni: [tunnel.cloudproxy.app, www.example.test]
+      action: splice
+  default: bump
+`)
+	d.mode = mode
+	out, err := snigateCmd(t, d, "reload", "--control", d.control)
+	if err != nil || !strings.Contains(out, "changes to intercept need a restart") {
+		t.Errorf("reload with another attach mode: %v, output %q; want it to name intercept", err, out)
+	}
+	spliced("after a reload that kept the steering")
+
 	// A broken file is refused; the running policy stays.
 	d.writeConfig(t, "policy:\n  default: splise\n")
-	out, err := snigateCmd(t, d, "reload", "--control", d.control)
+	out, err = snigateCmd(t, d, "reload", "--control", d.control)
 	if err == nil || !strings.Contains(out, `"splise"`) {
 		t.Errorf("reload of a bad config: %v, output %q; want a failure naming the value", err, out)
 	}
