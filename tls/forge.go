@@ -352,6 +352,11 @@ func (f *Forger) sign(
 	}
 
 	tmpl := leafTemplate(ca.Cert, key, ip, upstream)
+	if err := tmpl.VerifyHostname(key.name); err != nil {
+		// Only names setNames would not copy can cover name upstream.
+		return nil, fmt.Errorf("the upstream names a forgery may carry (DNS %q, IP %v) do not cover it",
+			tmpl.DNSNames, tmpl.IPAddresses)
+	}
 	tmpl.SerialNumber = serial
 	tmpl.NotBefore, tmpl.NotAfter = notBefore, notAfter
 	leaf, err := createLeaf(tmpl, ca, leafKey)
@@ -392,15 +397,26 @@ func leafTemplate(
 // for, so nothing it shows or checks differs but the issuer. The upstream
 // was verified for name, so its SANs cover name. Without upstream the
 // only SAN is name (or ip).
+//
+// The forgery is signed by a CA without the name constraints that may bind
+// the upstream's chain, so it must not claim more than verification
+// checked:
+//   - An IPv4-mapped IPv6 SAN (::ffff:a.b.c.d) is dropped: encoded again it
+//     becomes the plain IPv4 address, while crypto/x509 checks IPv4
+//     constraints against four-byte SANs only.
+//   - The upstream's CN is copied only when the forgery has DNS SANs.
+//     Verification ignores the CN, but clients that find no DNS SAN fall
+//     back to it, and would trust a name no one checked.
 func setNames(tmpl *x509.Certificate, name string, ip net.IP, upstream *x509.Certificate) {
 	// namesFromUpstream must say whether name is used here.
+	dns, ips := upstreamSANs(upstream)
 	tmpl.Subject = pkix.Name{CommonName: name}
-	if upstream != nil && upstream.Subject.CommonName != "" {
+	if upstream != nil && upstream.Subject.CommonName != "" && len(dns) > 0 {
 		tmpl.Subject.CommonName = upstream.Subject.CommonName
 	}
-	if upstream != nil && len(upstream.DNSNames)+len(upstream.IPAddresses) > 0 {
-		tmpl.DNSNames = slices.Clone(upstream.DNSNames)
-		tmpl.IPAddresses = slices.Clone(upstream.IPAddresses)
+	if upstream != nil {
+		// sign refuses the forgery if what is left does not cover name.
+		tmpl.DNSNames, tmpl.IPAddresses = dns, ips
 		return
 	}
 	// Clients match only the SAN; an IP literal belongs in an IP SAN
@@ -412,12 +428,30 @@ func setNames(tmpl *x509.Certificate, name string, ip net.IP, upstream *x509.Cer
 	}
 }
 
+// upstreamSANs returns the SANs of upstream (nil for none) a forgery may
+// copy: all DNS names, and the IP addresses that are not IPv4-mapped.
+func upstreamSANs(upstream *x509.Certificate) ([]string, []net.IP) {
+	if upstream == nil {
+		return nil, nil
+	}
+	var ips []net.IP
+	for _, ip := range upstream.IPAddresses {
+		// crypto/x509 keeps a SAN's own length: 16 bytes that are an
+		// IPv4 address are the mapped form.
+		if len(ip) == net.IPv6len && ip.To4() != nil {
+			continue
+		}
+		ips = append(ips, ip)
+	}
+	return slices.Clone(upstream.DNSNames), ips
+}
+
 // namesFromUpstream reports whether setNames takes the subject and every
 // SAN from upstream, leaving nothing in the forgery that depends on the
 // name asked for.
 func namesFromUpstream(upstream *x509.Certificate) bool {
-	return upstream != nil && upstream.Subject.CommonName != "" &&
-		len(upstream.DNSNames)+len(upstream.IPAddresses) > 0
+	dns, _ := upstreamSANs(upstream)
+	return upstream != nil && upstream.Subject.CommonName != "" && len(dns) > 0
 }
 
 // validity returns the forged certificate's validity period at now: from

@@ -24,27 +24,35 @@ const (
 // keys live only in memory: a restart ends every client's tickets, which
 // costs one full handshake each.
 type ticketKeys struct {
-	mu      sync.Mutex
-	keys    [][32]byte
-	rotated time.Time
+	mu   sync.Mutex
+	keys [][32]byte
+	// made is when each key of keys was made.
+	made []time.Time
 }
 
-// at returns the keys to use at now, making a new one when the newest is
-// older than ticketKeyRotation. The result must not be modified.
+// at returns the keys to use at now: a new one first when the newest is
+// older than ticketKeyRotation, and none older than ticketKeysKept
+// rotations, however long since the last call. The result must not be
+// modified.
 func (k *ticketKeys) at(now time.Time) ([][32]byte, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if len(k.keys) > 0 && now.Sub(k.rotated) < ticketKeyRotation && !now.Before(k.rotated) {
+	if len(k.keys) > 0 && now.Sub(k.made[0]) < ticketKeyRotation && !now.Before(k.made[0]) {
 		return k.keys, nil
 	}
 	var key [32]byte
 	if _, err := rand.Read(key[:]); err != nil {
 		return nil, err
 	}
-	keys := make([][32]byte, 0, ticketKeysKept)
-	keys = append(keys, key)
-	keys = append(keys, k.keys[:min(len(k.keys), ticketKeysKept-1)]...)
-	// A new slice, so that callers still holding the old one see no change.
-	k.keys, k.rotated = keys, now
+	// New slices, so that callers still holding the old ones see no change.
+	keys, made := [][32]byte{key}, []time.Time{now}
+	for i := range k.keys {
+		age := now.Sub(k.made[i])
+		if len(keys) == ticketKeysKept || age < 0 || age >= ticketKeyRotation*ticketKeysKept {
+			break
+		}
+		keys, made = append(keys, k.keys[i]), append(made, k.made[i])
+	}
+	k.keys, k.made = keys, made
 	return keys, nil
 }
