@@ -32,8 +32,14 @@ const (
 	leafLifetime = 30 * 24 * time.Hour
 	// leafMinRemaining is the least validity a cached certificate must have
 	// left to be served again; clients whose clocks run fast would refuse
-	// one closer to its end.
+	// one closer to its end. A forgery cut short by the upstream's or the
+	// CA's end is served to its end: forging again would not extend it.
 	leafMinRemaining = time.Hour
+	// maxCacheBytes bounds the cache's memory besides its entry count. A
+	// forgery copies the upstream's SANs, so an upstream with hundreds of
+	// long names makes forgeries of tens of KiB, each name its own when
+	// the upstream has no CN.
+	maxCacheBytes = 64 << 20
 )
 
 // KeyType is the public key algorithm of a forged leaf certificate.
@@ -75,11 +81,13 @@ type Forger struct {
 	untrusted *CA
 	keys      [numKeyTypes]func() (*leafKey, error)
 	max       int
+	maxBytes  int // maxCacheBytes but in tests
 
 	mu       sync.Mutex
 	entries  map[forgeKey]*list.Element // values are *cacheEntry
 	order    *list.List                 // most recently used at the front
 	inflight map[forgeKey]*forgeCall
+	bytes    int // sum of the entries' sizes
 
 	hits, misses, forged, untrustedForged atomic.Uint64
 	forgeNanos                            atomic.Int64
@@ -99,14 +107,20 @@ type forgeKey struct {
 type cacheEntry struct {
 	key  forgeKey
 	cert *tls.Certificate
+	// renewAt is when a lookup stops serving cert and forges again.
+	renewAt time.Time
+	// size estimates the memory cert holds: its DER and the parsed
+	// leaf's copies of the names, plus bookkeeping.
+	size int
 }
 
 // forgeCall is one forging in progress; callers wanting the same key wait
 // on done instead of forging again.
 type forgeCall struct {
-	done chan struct{}
-	cert *tls.Certificate
-	err  error
+	done    chan struct{}
+	cert    *tls.Certificate
+	renewAt time.Time
+	err     error
 }
 
 // ForgerStats are counters of a Forger since it was made. A lookup served
@@ -145,6 +159,7 @@ func NewForger(ca *CA, maxEntries int) (*Forger, error) {
 		untrusted: untrusted,
 		keys:      leafKeys(),
 		max:       maxEntries,
+		maxBytes:  maxCacheBytes,
 		entries:   make(map[forgeKey]*list.Element),
 		order:     list.New(),
 		inflight:  make(map[forgeKey]*forgeCall),
@@ -252,12 +267,12 @@ func (f *Forger) lookup(
 	f.inflight[cached] = call
 	f.mu.Unlock()
 
-	call.cert, call.err = f.forge(key, ip, upstream)
+	call.cert, call.renewAt, call.err = f.forge(key, ip, upstream)
 
 	f.mu.Lock()
 	delete(f.inflight, cached)
 	if call.err == nil {
-		f.storeLocked(cached, call.cert)
+		f.storeLocked(cached, call.cert, call.renewAt)
 	}
 	f.mu.Unlock()
 	close(call.done)
@@ -279,47 +294,53 @@ func (f *Forger) Stats() ForgerStats {
 	}
 }
 
-// lookupLocked returns the cached certificate for key if it has at least
-// leafMinRemaining validity left at now, or nil. f.mu must be held.
+// lookupLocked returns the cached certificate for key unless its renewal
+// time has come, or nil. f.mu must be held.
 func (f *Forger) lookupLocked(key forgeKey, now time.Time) *tls.Certificate {
 	el, ok := f.entries[key]
 	if !ok {
 		return nil
 	}
-	cert := el.Value.(*cacheEntry).cert
-	if cert.Leaf.NotAfter.Sub(now) < leafMinRemaining {
+	e := el.Value.(*cacheEntry)
+	if !now.Before(e.renewAt) {
 		f.removeLocked(el)
 		return nil
 	}
 	f.order.MoveToFront(el)
-	return cert
+	return e.cert
 }
 
-// storeLocked caches cert under key, evicting the least recently used
-// entries beyond f.max. f.mu must be held.
-func (f *Forger) storeLocked(key forgeKey, cert *tls.Certificate) {
+// storeLocked caches cert under key until renewAt, evicting the least
+// recently used entries beyond f.max or f.maxBytes. f.mu must be held.
+func (f *Forger) storeLocked(key forgeKey, cert *tls.Certificate, renewAt time.Time) {
 	if el, ok := f.entries[key]; ok {
-		el.Value.(*cacheEntry).cert = cert
-		f.order.MoveToFront(el)
-		return
+		f.removeLocked(el)
 	}
-	f.entries[key] = f.order.PushFront(&cacheEntry{key: key, cert: cert})
-	for f.order.Len() > f.max {
+	e := &cacheEntry{key: key, cert: cert, renewAt: renewAt, size: 2*len(cert.Leaf.Raw) + 1024}
+	f.entries[key] = f.order.PushFront(e)
+	f.bytes += e.size
+	for f.order.Len() > 1 && (f.order.Len() > f.max || f.bytes > f.maxBytes) {
 		f.removeLocked(f.order.Back())
 	}
 }
 
 // removeLocked drops one cache entry. f.mu must be held.
 func (f *Forger) removeLocked(el *list.Element) {
+	e := el.Value.(*cacheEntry)
 	f.order.Remove(el)
-	delete(f.entries, el.Value.(*cacheEntry).key)
+	delete(f.entries, e.key)
+	f.bytes -= e.size
 }
 
 // forge signs a new leaf for key (ip is key.name's address, or nil) with
 // the gateway CA or, for an untrusted key, the untrusted one.
+//
+// It also returns when the cache should renew the certificate: an hour
+// before its end, or at its end when the upstream's or the CA's validity
+// cut it short, since a new one would end no later.
 func (f *Forger) forge(
 	key forgeKey, ip net.IP, upstream *x509.Certificate,
-) (*tls.Certificate, error) {
+) (*tls.Certificate, time.Time, error) {
 	start := time.Now()
 	ca, counter := f.ca, &f.forged
 	if key.untrusted {
@@ -327,11 +348,16 @@ func (f *Forger) forge(
 	}
 	cert, err := f.sign(ca, key, ip, upstream, start)
 	if err != nil {
-		return nil, fmt.Errorf("forge %q (%s): %w", key.name, key.keyType, err)
+		return nil, time.Time{}, fmt.Errorf("forge %q (%s): %w", key.name, key.keyType, err)
 	}
 	f.forgeNanos.Add(int64(time.Since(start)))
 	counter.Add(1)
-	return cert, nil
+	end := cert.Leaf.NotAfter
+	// A minute of slack: the encoding keeps whole seconds.
+	if end.Before(start.Add(leafLifetime - time.Minute)) {
+		return cert, end, nil
+	}
+	return cert, end.Add(-leafMinRemaining), nil
 }
 
 // sign makes the leaf for key under ca, valid at now.

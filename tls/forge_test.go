@@ -2,6 +2,7 @@ package tls
 
 import (
 	"crypto"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -201,7 +202,9 @@ func TestForgeCache(t *testing.T) {
 	}
 }
 
-func TestForgeNearExpiryIsMiss(t *testing.T) {
+// A forgery the upstream's end cut short is served until that end: a new
+// one would end no later. One of full length is renewed an hour before.
+func TestForgeRenewal(t *testing.T) {
 	ca, _ := mustInitCA(t)
 	f := mustForger(t, ca, 8)
 	root, rootKey := mustRoot(t, "lab root")
@@ -209,12 +212,58 @@ func TestForgeNearExpiryIsMiss(t *testing.T) {
 	up = reissue(t, up, root, rootKey, time.Now().Add(-time.Hour), time.Now().Add(30*time.Minute))
 
 	first := mustCertificate(t, f, "ending.test", up)
-	second := mustCertificate(t, f, "ending.test", up)
-	if first == second {
-		t.Error("a forgery with under an hour left was served from the cache")
+	if second := mustCertificate(t, f, "ending.test", up); second != first {
+		t.Error("a forgery cut short by the upstream's end was forged again")
 	}
-	if s := f.Stats(); s.Forged != 2 || s.Hits != 0 || s.Entries != 1 {
-		t.Errorf("stats %+v, want 2 forged, 0 hits, 1 entry", s)
+	if s := f.Stats(); s.Forged != 1 || s.Hits != 1 {
+		t.Errorf("stats %+v, want 1 forged, 1 hit", s)
+	}
+
+	full := mustCertificate(t, f, "full.test", nil)
+	key := forgeKey{name: "full.test", keyType: KeyECDSA}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if got := f.lookupLocked(key, full.Leaf.NotAfter.Add(-leafMinRemaining-time.Minute)); got != full {
+		t.Error("a full-length forgery was not served up to an hour before its end")
+	}
+	if got := f.lookupLocked(key, full.Leaf.NotAfter.Add(-leafMinRemaining+time.Minute)); got != nil {
+		t.Error("a full-length forgery was served within its last hour")
+	}
+	if got := f.lookupLocked(forgeKey{name: "ending.test", keyType: KeyECDSA,
+		upstream: sha256.Sum256(up.Raw)}, up.NotAfter.Add(time.Second)); got != nil {
+		t.Error("a forgery was served after its end")
+	}
+}
+
+// The cache also evicts by memory: forgeries of an upstream with many long
+// names are large.
+func TestForgeEvictsByBytes(t *testing.T) {
+	ca, _ := mustInitCA(t)
+	f := mustForger(t, ca, 100)
+	root, rootKey := mustRoot(t, "lab root")
+	names := []string{"big.test"}
+	for i := range 50 {
+		names = append(names, fmt.Sprintf("name-%02d-%s.big.test", i, strings.Repeat("x", 40)))
+	}
+	names = append(names, "*.big.test")
+	tmpl := mustServerCert(t, root, rootKey, names...).Leaf
+	tmpl.RawSubject = nil
+	tmpl.Subject = pkix.Name{} // no CN: one forgery per name
+	up := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
+
+	one := mustCertificate(t, f, "a.big.test", up)
+	size := 2*len(one.Leaf.Raw) + 1024
+	f.mu.Lock()
+	f.maxBytes = 3*size + 64 // signatures vary by a few bytes
+	f.mu.Unlock()
+	for _, name := range []string{"b.big.test", "c.big.test", "d.big.test"} {
+		mustCertificate(t, f, name, up)
+	}
+	if s := f.Stats(); s.Entries != 3 {
+		t.Errorf("%d entries of %d bytes each under a %d-byte bound, want 3", s.Entries, size, f.maxBytes)
+	}
+	if again := mustCertificate(t, f, "a.big.test", up); again == one {
+		t.Error("the least recently used forgery was not the one evicted")
 	}
 }
 
