@@ -12,6 +12,7 @@ import (
 	"os"
 
 	"github.com/snigate/snigate/bpf"
+	"github.com/snigate/snigate/dataplane"
 	gwtls "github.com/snigate/snigate/tls"
 )
 
@@ -134,8 +135,9 @@ func cmdCheck(args []string, stdout io.Writer) error {
 }
 
 // cmdCleanup removes the steering state a killed daemon can leave: the
-// legacy tc filters and the policy routing. The unit runs it after every
-// stop; nothing is left to remove after a clean one.
+// legacy tc filters and the policy routing, and the TIME_WAIT sockets of
+// its intercepted flows. The unit runs it after every stop; nothing is
+// left to remove after a clean one.
 func cmdCleanup(args []string, stdout io.Writer) error {
 	fs := newFlagSet("cleanup", stdout)
 	path := fs.String("config", defaultConfigPath, "configuration `file` of the daemon")
@@ -146,7 +148,11 @@ func cmdCleanup(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return bpf.Cleanup(cfg.steeringConfig())
+	if err := bpf.Cleanup(cfg.steeringConfig()); err != nil {
+		return err
+	}
+	_, err = dataplane.ReleaseTimeWait(cfg.ports())
+	return err
 }
 
 // checkFiles loads the files the configuration names, as run would.

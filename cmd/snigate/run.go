@@ -456,6 +456,14 @@ func (g *gateway) stop() error {
 			errs = append(errs, err)
 		}
 		g.steering = nil
+		// With the steering gone, what the intercepted flows left in
+		// TIME_WAIT would drop clients that reuse a port (see
+		// ReleaseTimeWait).
+		if n, err := dataplane.ReleaseTimeWait(g.cfg.ports()); err != nil {
+			g.log.Warn("release time-wait sockets", zap.Int("released", n), zap.Error(err))
+		} else if n > 0 {
+			g.log.Info("released time-wait sockets", zap.Int("released", n))
+		}
 	}
 	if g.control != nil {
 		g.control.close()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -346,8 +347,102 @@ func assertNothingLeft(t *testing.T) {
 	}
 }
 
-// TestKillFailsOpen kills the daemon with SIGKILL: the next connection must
-// reach the server directly, in both attach modes.
+// After snigate stops (or is killed and cleaned up), a client that reuses
+// the source port of an intercepted connection connects at once. The
+// gateway closed that connection first (the server did, and the relay
+// passed it on), so a TIME_WAIT socket with the flow's addresses stayed in
+// the gateway; left there, it makes forwarding drop the client's packets
+// for up to a minute.
+func TestStopReleasesTimeWait(t *testing.T) {
+	tests := []struct {
+		name           string
+		kill           bool
+		server, client string
+		gateway        string // the address the server sees through snigate
+	}{
+		{"stop", false, tunnelV4, clientV4, gwWANV4},
+		{"kill and cleanup", true, tunnelV4, clientV4, gwWANV4},
+		{"stop, IPv6", false, tunnelV6, clientV6, gwWANV6},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := startDaemon(t, "auto", "")
+			// Who closes first is a race between the server's close and
+			// curl's; only when the gateway did is there a TIME_WAIT.
+			var port string
+			for try := range 10 {
+				p := fmt.Sprint(42000 + 10*i + try)
+				if remote := curlWhoamiFrom(t, tt.server, p); remote != tt.gateway {
+					t.Fatalf("through snigate the server saw %s, want the gateway", remote)
+				}
+				time.Sleep(50 * time.Millisecond)
+				if timeWaitOn443(t, tt.server, net.JoinHostPort(tt.client, p)) > 0 {
+					port = p
+					break
+				}
+			}
+			if port == "" {
+				t.Fatal("no TIME_WAIT socket for 10 intercepted connections; the test proves nothing")
+			}
+			if tt.kill {
+				d.kill(t)
+				if out, err := snigateCmd(t, d, "cleanup", "--config", d.cfgPath); err != nil {
+					t.Fatalf("snigate cleanup: %v\n%s", err, out)
+				}
+			} else {
+				d.stop(t)
+			}
+			if n := timeWaitOn443(t, tt.server, tt.client); n != 0 {
+				t.Errorf("%d TIME_WAIT sockets of intercepted flows left after %s", n, tt.name)
+			}
+			if remote := curlWhoamiFrom(t, tt.server, port); remote != tt.client {
+				t.Errorf("after %s the server saw %s, want the client %s directly",
+					tt.name, remote, tt.client)
+			}
+		})
+	}
+}
+
+// curlWhoamiFrom fetches whoami from the spliced host at server over
+// HTTP/1.1 with Connection: close, from the client's source port, and
+// returns the address the server saw.
+func curlWhoamiFrom(t *testing.T, server, port string) string {
+	t.Helper()
+	out, errOut, err := inClient(t, "curl", "-sS", "--http1.1", "-H", "Connection: close",
+		"--connect-timeout", "3", "--local-port", port,
+		"--cacert", filepath.Join(lab.labDir, "root.crt"),
+		"--resolve", "tunnel.cloudproxy.app:443:"+server, "https://tunnel.cloudproxy.app/whoami")
+	if err != nil {
+		t.Fatalf("curl from port %s: %v\n%s", port, err, errOut)
+	}
+	var w whoami
+	if err := json.Unmarshal([]byte(out), &w); err != nil {
+		t.Fatalf("curl from port %s: %v in %q", port, err, out)
+	}
+	host, _, _ := net.SplitHostPort(w.Remote)
+	return host
+}
+
+// timeWaitOn443 counts the gateway's TIME_WAIT sockets from server:443 to
+// peer (an address, or an address and port as ss prints it), which only
+// intercepted flows have.
+func timeWaitOn443(t *testing.T, server, peer string) int {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", nsGateway, "ss", "-Htan",
+		"state", "time-wait", "( sport = :443 )").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ss: %v\n%s", err, out)
+	}
+	local := net.JoinHostPort(server, "443")
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if strings.Contains(line, local) && strings.Contains(line, peer) {
+			n++
+		}
+	}
+	return n
+}
+
 func TestKillFailsOpen(t *testing.T) {
 	for _, mode := range []string{"tcx", "legacy"} {
 		t.Run(mode, func(t *testing.T) {

@@ -40,6 +40,7 @@ const (
 	badV4    = "198.19.1.4"
 	echoV4   = "198.19.1.5" // plain TCP echo on 443
 	clientV4 = "198.18.1.2"
+	clientV6 = "2001:2:0:1::2"
 	gwWANV4  = "198.19.1.1"
 	gwWANV6  = "2001:2:0:2::1"
 )
