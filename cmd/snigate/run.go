@@ -155,7 +155,9 @@ func (g *gateway) run() error {
 		go func() { serveErr <- g.server.Serve(l) }()
 	}
 	g.log.Info("started", zap.Strings("interfaces", g.cfg.Intercept.Interfaces),
-		zap.Any("attach", g.steering.Attachments()), zap.Uint16s("ports", g.cfg.ports()))
+		zap.Any("attach", g.steering.Attachments()), zap.Uint16s("ports", g.cfg.ports()),
+		zap.Stringer("verify_failure", gwtls.VerifyFailureMode(g.cfg.Upstream.VerifyFailure)),
+		zap.Stringer("key_exchange", gwtls.KeyExchange(g.cfg.Upstream.KeyExchange)))
 	// READY only now: the programs are attached and the listeners accept.
 	notify(g.log, daemon.SdNotifyReady)
 

@@ -146,6 +146,10 @@ func snigateCmd(t *testing.T, d *daemon, args ...string) (string, error) {
 // nothing.
 func TestReload(t *testing.T) {
 	d := startDaemon(t, "auto", "")
+	// The start line says how bumped connections are secured.
+	if m := d.startedLine(t); m["key_exchange"] != "hybrid" || m["verify_failure"] != "reject" {
+		t.Errorf("started line %v, want key_exchange hybrid and verify_failure reject", m)
+	}
 	_, spliced := wsDial(t, clientHTTP(tunnelV4, lab.labRoot), "wss://tunnel.cloudproxy.app/ws")
 	_, bumped := wsDial(t, clientHTTP(webV4, lab.gwRoot), "wss://www.example.test/ws")
 	spliced("before")
@@ -355,4 +359,18 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	d.waitLog(t, "drain")
 	assertNothingLeft(t)
+}
+
+// startedLine returns the daemon's "started" log line.
+func (d *daemon) startedLine(t *testing.T) map[string]any {
+	t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, m := range d.logs {
+		if m["msg"] == "started" {
+			return m
+		}
+	}
+	t.Fatalf("no started line in\n%s", d.raw.String())
+	return nil
 }
