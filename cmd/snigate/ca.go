@@ -13,7 +13,7 @@ import (
 
 func cmdCA(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return usageError{errors.New("ca: want a subcommand: init, import or export")}
+		return usageError{error: errors.New("ca: want a subcommand: init, import or export")}
 	}
 	switch args[0] {
 	case "-h", "-help", "--help":
@@ -27,7 +27,7 @@ func cmdCA(args []string, stdout io.Writer) error {
 	case "import":
 		return cmdCAImport(args[1:], stdout)
 	}
-	return usageError{fmt.Errorf("ca: unknown subcommand %q, want init, import or export",
+	return usageError{error: fmt.Errorf("ca: unknown subcommand %q, want init, import or export",
 		args[0])}
 }
 
@@ -57,7 +57,7 @@ func cmdCAImport(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *cert == "" {
-		return usageError{errors.New("ca import: --cert is required")}
+		return usageError{error: errors.New("ca import: --cert is required")}
 	}
 	if *key == "" {
 		*key = *cert
@@ -85,7 +85,7 @@ func cmdCAExport(args []string, stdout io.Writer) error {
 		return err
 	}
 	if *der && *asPEM {
-		return usageError{errors.New("ca export: --der and --pem exclude each other")}
+		return usageError{error: errors.New("ca export: --der and --pem exclude each other")}
 	}
 	cfg, err := LoadConfig(*path)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -162,7 +163,7 @@ func LoadConfig(path string) (*Config, error) {
 	}
 	cfg, err := parseConfig(data)
 	if err != nil {
-		return nil, prefixFile(path, err)
+		return nil, prefixFile(path, data, err)
 	}
 	return cfg, nil
 }
@@ -291,12 +292,17 @@ func errAt(n *yaml.Node, format string, args ...any) error {
 	return &lineError{line: n.Line, msg: fmt.Sprintf(format, args...)}
 }
 
-var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
-var unknownField = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+var (
+	yamlLine     = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+	unknownField = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	wrongType    = regexp.MustCompile("^cannot unmarshal !!\\w+ `(.*)` into (\\S+)$")
+)
 
 // prefixFile turns the decoder's and the validator's errors into
-// "FILE:LINE: message" lines, one per problem.
-func prefixFile(path string, err error) error {
+// "FILE:LINE: message" lines, one per problem. data is the file, for the
+// key a problem is under.
+func prefixFile(path string, data []byte, err error) error {
+	text := strings.Split(string(data), "\n")
 	var lines []string
 	var te *yaml.TypeError
 	var le *lineError
@@ -304,7 +310,7 @@ func prefixFile(path string, err error) error {
 	case errors.As(err, &te):
 		lines = te.Errors
 	case errors.As(err, &le):
-		return fmt.Errorf("%s:%d: %s", path, le.line, le.msg)
+		return fmt.Errorf("%s:%d: %s", path, le.line, withSection(le.msg, text, le.line))
 	default:
 		lines = []string{err.Error()}
 	}
@@ -314,13 +320,88 @@ func prefixFile(path string, err error) error {
 			lines[i] = path + ": " + l
 			continue
 		}
+		line, _ := strconv.Atoi(m[1])
 		msg := m[2]
 		if u := unknownField.FindStringSubmatch(msg); u != nil {
-			msg = fmt.Sprintf("unknown key %q", u[1])
+			msg = withSection(fmt.Sprintf("unknown key %q", u[1]), text, line)
+		} else if w := wrongType.FindStringSubmatch(msg); w != nil {
+			msg = fmt.Sprintf("%s: %q is not %s", keyPath(text, line), w[1], goTypeText(w[2]))
 		}
 		lines[i] = path + ":" + m[1] + ": " + msg
 	}
 	return errors.New(strings.Join(lines, "\n"))
+}
+
+// withSection adds the section holding the key of line to an unknown-key
+// message.
+func withSection(msg string, text []string, line int) string {
+	if !strings.HasPrefix(msg, "unknown key") {
+		return msg
+	}
+	if p := keyPath(text, line); strings.Contains(p, ".") {
+		return msg + " in " + p[:strings.LastIndex(p, ".")]
+	}
+	return msg
+}
+
+// keyPath names the key on line (1-based) of a block-style YAML file with
+// the keys above it, "policy.rules[].action", by indentation. It is for
+// messages only, and gives up ("the value") on what it cannot read.
+func keyPath(text []string, line int) string {
+	if line < 1 || line > len(text) {
+		return "the value"
+	}
+	var path []string
+	indent := -1
+	for i := line - 1; i >= 0; i-- {
+		raw := text[i]
+		trimmed := strings.TrimLeft(raw, " ")
+		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
+			continue
+		}
+		at := len(raw) - len(trimmed)
+		if indent >= 0 && at >= indent {
+			continue
+		}
+		item := strings.HasPrefix(trimmed, "- ")
+		key, _, ok := strings.Cut(strings.TrimPrefix(trimmed, "- "), ":")
+		if !ok || strings.ContainsAny(key, " \"'[{") {
+			if item {
+				path = append(path, "[]")
+				indent = at
+				continue
+			}
+			return "the value"
+		}
+		// "- key: v" starts a list item: key is the one asked about only
+		// on the line itself, and a sibling of it for the lines below.
+		if !item || i == line-1 {
+			path = append(path, key)
+		}
+		if item {
+			path = append(path, "[]")
+		}
+		indent = at
+	}
+	slices.Reverse(path)
+	return strings.ReplaceAll(strings.Join(path, "."), ".[]", "[]")
+}
+
+// goTypeText says in words what a value of the Go type named t is.
+func goTypeText(t string) string {
+	switch {
+	case strings.HasPrefix(t, "[]"):
+		return "a list (write [a, b])"
+	case strings.HasPrefix(t, "map[") || strings.HasPrefix(t, "main."):
+		return "a mapping of keys to values"
+	case t == "bool":
+		return "true or false"
+	case strings.HasPrefix(t, "int") || strings.HasPrefix(t, "uint"):
+		return "a whole number"
+	case t == "string":
+		return "a string"
+	}
+	return "the right kind of value"
 }
 
 // Scalar types that check their value while decoding, so the error carries

@@ -110,7 +110,15 @@ func TestLoadConfigErrors(t *testing.T) {
 		want string
 	}{
 		{"unknown key", "intercept:\n  interfaces: [lan0]\n  portz: [443]\n",
-			`:3: unknown key "portz"`},
+			`:3: unknown key "portz" in intercept`},
+		{"scalar for a list", "intercept:\n  interfaces: [lan0]\n  ports: 443\n",
+			`:3: intercept.ports: "443" is not a list (write [a, b])`},
+		{"word for a bool", "intercept:\n  interfaces: [lan0]\n# metrics\n\nmetrics:\n" +
+			"  listen: 127.0.0.1:9464\n  pprof: maybe\n",
+			`:7: metrics.pprof: "maybe" is not true or false`},
+		{"scalar for a list in a rule", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
+			"    - action: bump\n      sni: a.test\n",
+			`:6: policy.rules[].sni: "a.test" is not a list`},
 		{"bad action", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
 			"    - sni: [a.test]\n      action: splise\n",
 			`:6: action "splise" is not splice, bump or block`},
@@ -132,7 +140,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"no interfaces", "listen: [\"127.0.0.1:1\"]\n", "intercept.interfaces"},
 		{"unknown key in a rule", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
 			"    - sni: [a.test]\n      action: bump\n      add_request_header: {X-A: b}\n",
-			`:7: unknown key "add_request_header"`},
+			`:7: unknown key "add_request_header" in policy.rules[]`},
 		{"bad header name", "intercept:\n  interfaces: [lan0]\npolicy:\n  rules:\n" +
 			"    - sni: [a.test]\n      action: bump\n      add_request_headers: {\"X A\": b}\n",
 			`header name "X A"`},
@@ -290,5 +298,20 @@ func TestReadmeConfig(t *testing.T) {
 	if cfg.Intercept.Mark != bpf.DefaultMark || cfg.Intercept.Table != bpf.DefaultTable {
 		t.Errorf("README mark %#x table %d, want the defaults %#x and %d",
 			cfg.Intercept.Mark, cfg.Intercept.Table, bpf.DefaultMark, bpf.DefaultTable)
+	}
+}
+
+// An unknown flag is reported once, with the usage, and exits 2.
+func TestUnknownFlagReportedOnce(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := dispatch([]string{"check", "--bogus"}, &out, &errOut); code != 2 {
+		t.Errorf("exit code %d, want 2", code)
+	}
+	all := out.String() + errOut.String()
+	if n := strings.Count(all, "-bogus"); n != 1 {
+		t.Errorf("the unknown flag is named %d times, want once:\n%s", n, all)
+	}
+	if !strings.Contains(all, "-config") {
+		t.Errorf("no usage after the error:\n%s", all)
 	}
 }

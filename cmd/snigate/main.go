@@ -74,7 +74,9 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	}
 	var ue usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "snigate: %v\n", err)
+		if !ue.printed {
+			fmt.Fprintf(stderr, "snigate: %v\n", err)
+		}
 		return 2
 	}
 	if err != nil {
@@ -85,7 +87,11 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 }
 
 // usageError marks a mistake in the command line rather than in the work.
-type usageError struct{ error }
+// printed says the flag package has already shown it, with the usage.
+type usageError struct {
+	error
+	printed bool
+}
 
 func newFlagSet(name string, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -98,10 +104,10 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return usageError{err}
+		return usageError{error: err, printed: true}
 	}
 	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+		return usageError{error: fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
 	}
 	return nil
 }
