@@ -115,6 +115,8 @@ type gateway struct {
 	log     *zap.Logger
 	level   zap.AtomicLevel
 	started time.Time
+	// running is set once start succeeded.
+	running bool
 
 	server    *dataplane.Server
 	listeners []*net.TCPListener
@@ -148,8 +150,10 @@ func (g *gateway) run() error {
 
 	if err := g.start(); err != nil {
 		g.stop()
+		g.log.Info("start failed; what had started is undone")
 		return err
 	}
+	g.running = true
 	serveErr := make(chan error, len(g.listeners))
 	for _, l := range g.listeners {
 		go func() { serveErr <- g.server.Serve(l) }()
@@ -473,7 +477,7 @@ func (g *gateway) stop() error {
 	if g.metrics != nil {
 		g.metrics.Close()
 	}
-	if len(errs) == 0 {
+	if len(errs) == 0 && g.running {
 		g.log.Info("stopped")
 	}
 	return errors.Join(errs...)
