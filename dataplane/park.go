@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +30,14 @@ type parker struct {
 	// broken is set when epoll_wait failed: nothing is parked any more.
 	broken bool
 }
+
+// parkedDirections counts the relay directions parked right now, in the
+// whole process, as the parker is.
+var parkedDirections atomic.Int64
+
+// ParkedDirections returns how many relay directions wait in the parker
+// now: two for a spliced tunnel idle both ways.
+func ParkedDirections() int64 { return parkedDirections.Load() }
 
 // idleParker is the process's parker, made on first use. A nil parker (the
 // epoll instance could not be made) means idle directions keep their

@@ -226,6 +226,7 @@ func (t *tunnel) park(d *tunnelDir) bool {
 		d.state = dirRunning
 		return false
 	}
+	parkedDirections.Add(1)
 	return true
 }
 
@@ -236,6 +237,7 @@ func (t *tunnel) wake(d *tunnelDir) {
 	parked := d.state == dirParked
 	if parked {
 		d.state = dirRunning
+		parkedDirections.Add(-1)
 	}
 	t.mu.Unlock()
 	if parked {
@@ -283,6 +285,7 @@ func (t *tunnel) fail(err error) {
 	last := false
 	for i := range t.dirs {
 		if t.dirs[i].state == dirParked {
+			parkedDirections.Add(-1)
 			last = t.endLocked(&t.dirs[i])
 		}
 	}

@@ -166,6 +166,10 @@ func TestRelayParkedTunnelsHoldNoGoroutines(t *testing.T) {
 	var all []ends
 	var dones []chan relayResult
 	before := runtime.NumGoroutine()
+	// Tunnels of earlier tests whose sockets the tests closed themselves
+	// stay parked (only the relay's context ends a parked tunnel from
+	// outside), so the gauge is read as a difference.
+	parkedBefore := ParkedDirections()
 	for range tunnels {
 		clientApp, clientSide := tcpPair(t)
 		upstreamSide, serverApp := tcpPair(t)
@@ -179,6 +183,9 @@ func TestRelayParkedTunnelsHoldNoGoroutines(t *testing.T) {
 	}
 	if extra := runtime.NumGoroutine() - before; extra > tunnels/10 {
 		t.Fatalf("%d idle tunnels still hold %d goroutines", tunnels, extra)
+	}
+	if n := ParkedDirections() - parkedBefore; n < 2*tunnels-tunnels/10 || n > 2*tunnels {
+		t.Errorf("%d directions parked for %d idle tunnels, want about %d", n, tunnels, 2*tunnels)
 	}
 
 	buf := make([]byte, 16)
@@ -205,6 +212,9 @@ func TestRelayParkedTunnelsHoldNoGoroutines(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("tunnel %d still relaying 5s after both ends closed", i)
 		}
+	}
+	if n := ParkedDirections() - parkedBefore; n != 0 {
+		t.Errorf("%d directions still counted as parked after every tunnel ended", n)
 	}
 }
 

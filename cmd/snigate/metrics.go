@@ -49,6 +49,9 @@ var (
 		"Packets seen by the eBPF steering program, by verdict.", []string{"verdict"}, nil)
 	descInfo = prometheus.NewDesc("snigate_build_info",
 		"Always 1; the version label says which snigate runs.", []string{"version"}, nil)
+	descParked = prometheus.NewDesc("snigate_relay_parked_directions",
+		"Directions of spliced tunnels idle now, waiting without a goroutine; "+
+			"a tunnel idle both ways counts two.", nil, nil)
 	descReloads = prometheus.NewDesc("snigate_reloads_total",
 		"Configuration reloads, by result.", []string{"result"}, nil)
 )
@@ -58,7 +61,7 @@ type gatewayCollector struct{ g *gateway }
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descActive, descBytes, descHellos,
 		descDial, descBumpFail, descCacheHits, descCacheMisses, descForged, descCacheSize,
-		descForgeTime,
+		descForgeTime, descParked,
 		descSteer, descInfo, descReloads} {
 		ch <- d
 	}
@@ -84,6 +87,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descHellos, stats.Hellos(r), r.String())
 	}
 	counter(descDial, stats.DialErrors())
+	gauge(descParked, float64(dataplane.ParkedDirections()))
 	counter(descBumpFail, g.bumpFails.verify.Load(), "upstream_verify")
 	counter(descBumpFail, g.bumpFails.other.Load(), "other")
 	if f := g.forger.Load(); f != nil {

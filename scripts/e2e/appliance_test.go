@@ -326,6 +326,19 @@ func TestMetrics(t *testing.T) {
 	if t.Failed() {
 		t.Log(fmt.Sprint(m))
 	}
+
+	// An idle spliced WebSocket parks both its directions, and they count.
+	ws, echo := wsDial(t, clientHTTP(tunnelV4, lab.labRoot), "wss://tunnel.cloudproxy.app/ws")
+	echo("hello")
+	deadline = time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && scrape(t)[`snigate_relay_parked_directions`] < 2 {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := scrape(t)[`snigate_relay_parked_directions`]; got != 2 {
+		t.Errorf("snigate_relay_parked_directions = %v with one idle tunnel, want 2", got)
+	}
+	echo("after parking")
+	ws.CloseNow()
 }
 
 // SIGTERM stops accepting at once (new connections go straight out), lets
