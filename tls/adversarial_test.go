@@ -262,7 +262,7 @@ func TestCreateLeafMatchesX509OnUpstreamShapes(t *testing.T) {
 				if err != nil {
 					t.Fatalf("createLeaf (%s): %v", kt, err)
 				}
-				want := mustCreateX509(t, lt, ca, lk.signer.Public())
+				want := mustCreate(t, lt, ca.Cert, lk.signer.Public(), ca.Key)
 				if !bytes.Equal(got.RawTBSCertificate, want.RawTBSCertificate) {
 					t.Errorf("%s: TBSCertificate differs from x509.CreateCertificate's", kt)
 				}

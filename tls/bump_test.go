@@ -47,16 +47,16 @@ func newBumpLab(t testing.TB) *bumpLab {
 }
 
 // startEchoServer serves TLS on loopback with cert, echoing everything and
-// half-closing when the client does. The SNI of each handshake is sent on
-// the returned channel.
-func startEchoServer(t testing.TB, cert tls.Certificate) (string, <-chan string) {
+// half-closing when the client does. The ClientHello of each handshake is
+// sent on the returned channel.
+func startEchoServer(t testing.TB, cert tls.Certificate) (string, <-chan *tls.ClientHelloInfo) {
 	t.Helper()
-	sni := make(chan string, 4)
+	hellos := make(chan *tls.ClientHelloInfo, 4)
 	cfg := &tls.Config{
 		Certificates: []tls.Certificate{cert},
 		NextProtos:   []string{"x-raw", "x-other"},
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			sni <- hello.ServerName
+			hellos <- hello
 			return nil, nil
 		},
 	}
@@ -74,7 +74,7 @@ func startEchoServer(t testing.TB, cert tls.Certificate) (string, <-chan string)
 			go echo(conn.(*tls.Conn))
 		}
 	}()
-	return ln.Addr().String(), sni
+	return ln.Addr().String(), hellos
 }
 
 func echo(conn *tls.Conn) {
@@ -214,7 +214,7 @@ func TestBumpRelaysThroughForgedCertificate(t *testing.T) {
 			if state.NegotiatedProtocol != tt.want {
 				t.Errorf("client ALPN %q, want %q", state.NegotiatedProtocol, tt.want)
 			}
-			if got := <-sni; got != "up.test" {
+			if got := (<-sni).ServerName; got != "up.test" {
 				t.Errorf("upstream saw SNI %q", got)
 			}
 
@@ -357,7 +357,7 @@ func TestBumpWithoutSNI(t *testing.T) {
 		t.Fatalf("client handshake: %v", err)
 	}
 	defer conn.Close()
-	if got := <-sni; got != "" {
+	if got := (<-sni).ServerName; got != "" {
 		t.Errorf("upstream saw SNI %q, want none", got)
 	}
 	leaf := conn.ConnectionState().PeerCertificates[0]
@@ -449,7 +449,7 @@ func TestBumpRejectsMalformedSNI(t *testing.T) {
 	}
 	select {
 	case got := <-sni:
-		t.Errorf("upstream handshake attempted with SNI %q", got)
+		t.Errorf("upstream handshake attempted with SNI %q", got.ServerName)
 	default:
 	}
 }
@@ -547,25 +547,8 @@ func TestBumpKeyExchange(t *testing.T) {
 		t.Run(fmt.Sprint(tt.kx), func(t *testing.T) {
 			lab := newBumpLab(t)
 			lab.bumper.cfg.KeyExchange = tt.kx
-			offered := make(chan []tls.CurveID, 1)
-			upCfg := &tls.Config{
-				Certificates: []tls.Certificate{mustServerCert(t, lab.root, lab.rootKey, "up.test")},
-				GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-					offered <- hello.SupportedCurves
-					return nil, nil
-				},
-			}
-			ln, err := tls.Listen("tcp", "127.0.0.1:0", upCfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { ln.Close() })
-			go func() {
-				if conn, err := ln.Accept(); err == nil {
-					echo(conn.(*tls.Conn))
-				}
-			}()
-			addr, _ := startBump(t, context.Background(), lab, ln.Addr().String(), "up.test", nil)
+			upAddr, hellos := startEchoServer(t, mustServerCert(t, lab.root, lab.rootKey, "up.test"))
+			addr, _ := startBump(t, context.Background(), lab, upAddr, "up.test", nil)
 
 			var sawCert bool
 			// Go's client offers X25519MLKEM768 and X25519 key shares.
@@ -577,7 +560,7 @@ func TestBumpKeyExchange(t *testing.T) {
 			if got := conn.ConnectionState().CurveID; got != tt.wantClient {
 				t.Errorf("client leg key exchange %v, want %v", got, tt.wantClient)
 			}
-			if got := slices.Contains(<-offered, tls.X25519MLKEM768); got != tt.upstreamHybrid {
+			if got := slices.Contains((<-hellos).SupportedCurves, tls.X25519MLKEM768); got != tt.upstreamHybrid {
 				t.Errorf("upstream offered X25519MLKEM768: %v, want %v", got, tt.upstreamHybrid)
 			}
 		})

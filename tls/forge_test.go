@@ -246,10 +246,8 @@ func TestForgeEvictsByBytes(t *testing.T) {
 		names = append(names, fmt.Sprintf("name-%02d-%s.big.test", i, strings.Repeat("x", 40)))
 	}
 	names = append(names, "*.big.test")
-	tmpl := mustServerCert(t, root, rootKey, names...).Leaf
-	tmpl.RawSubject = nil
-	tmpl.Subject = pkix.Name{} // no CN: one forgery per name
-	up := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
+	// No CN: one forgery per name.
+	up := withSubjectCN(t, mustServerCert(t, root, rootKey, names...).Leaf, "", root, rootKey)
 
 	one := mustCertificate(t, f, "a.big.test", up)
 	size := 2*len(one.Leaf.Raw) + 1024
@@ -332,6 +330,18 @@ func TestNewForgerErrors(t *testing.T) {
 	}
 }
 
+// withSubjectCN reissues cert under root with only cn as its subject (none
+// for ""), keeping its names and validity.
+func withSubjectCN(
+	t testing.TB, cert *x509.Certificate, cn string, root *x509.Certificate, rootKey crypto.Signer,
+) *x509.Certificate {
+	t.Helper()
+	tmpl := *cert
+	tmpl.RawSubject = nil // else it overrides Subject
+	tmpl.Subject = pkix.Name{CommonName: cn}
+	return reissue(t, &tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
+}
+
 func mustCertificate(
 	t testing.TB, f *Forger, name string, upstream *x509.Certificate,
 ) *tls.Certificate {
@@ -359,12 +369,9 @@ func TestForgeMirrorsUpstreamNames(t *testing.T) {
 	ca, _ := mustInitCA(t)
 	f := mustForger(t, ca, 8)
 	root, rootKey := mustRoot(t, "lab root")
-	tmpl := mustServerCert(t, root, rootKey, "up.test", "*.up.test", "198.19.1.2").Leaf
-	tmpl.RawSubject = nil // else it overrides Subject
-	tmpl.Subject = pkix.Name{CommonName: "Up Test Frontend"}
-	withCN := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
-	tmpl.Subject = pkix.Name{}
-	noCN := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
+	up := mustServerCert(t, root, rootKey, "up.test", "*.up.test", "198.19.1.2").Leaf
+	withCN := withSubjectCN(t, up, "Up Test Frontend", root, rootKey)
+	noCN := withSubjectCN(t, up, "", root, rootKey)
 
 	tests := []struct {
 		name     string
@@ -398,12 +405,9 @@ func TestForgeMirrorsUpstreamNames(t *testing.T) {
 func TestForgeSharesForgeriesAcrossNames(t *testing.T) {
 	ca, _ := mustInitCA(t)
 	root, rootKey := mustRoot(t, "lab root")
-	tmpl := mustServerCert(t, root, rootKey, "up.test", "*.up.test").Leaf
-	tmpl.RawSubject = nil
-	tmpl.Subject = pkix.Name{CommonName: "up.test"}
-	withCN := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
-	tmpl.Subject = pkix.Name{}
-	noCN := reissue(t, tmpl, root, rootKey, tmpl.NotBefore, tmpl.NotAfter)
+	up := mustServerCert(t, root, rootKey, "up.test", "*.up.test").Leaf
+	withCN := withSubjectCN(t, up, "up.test", root, rootKey)
+	noCN := withSubjectCN(t, up, "", root, rootKey)
 
 	tests := []struct {
 		name       string

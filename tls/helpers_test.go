@@ -38,6 +38,14 @@ func mustSign(
 	if parent == nil {
 		parent = tmpl
 	}
+	return mustCreate(t, tmpl, parent, pub, signer)
+}
+
+// mustCreate is x509.CreateCertificate for tmpl as it is, parsed.
+func mustCreate(
+	t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer,
+) *x509.Certificate {
+	t.Helper()
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
 	if err != nil {
 		t.Fatal(err)

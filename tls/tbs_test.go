@@ -113,7 +113,7 @@ func TestCreateLeafMatchesX509(t *testing.T) {
 				tmpl.Subject = pkix.Name{}
 			}
 
-			want := mustCreateX509(t, tmpl, ca, leafKey.signer.Public())
+			want := mustCreate(t, tmpl, ca.Cert, leafKey.signer.Public(), ca.Key)
 			got, err := createLeaf(tmpl, ca, leafKey)
 			if err != nil {
 				t.Fatal(err)
@@ -199,23 +199,6 @@ func mustCAWithKey(t testing.TB, key crypto.Signer) *CA {
 	tmpl := caTemplate("tbs test CA")
 	tmpl.NotAfter = time.Date(2060, 1, 1, 0, 0, 0, 0, time.UTC)
 	return &CA{Cert: mustSign(t, tmpl, nil, key.Public(), key), Key: key}
-}
-
-// mustCreateX509 makes the certificate x509.CreateCertificate makes of
-// tmpl, for comparison with createLeaf's.
-func mustCreateX509(
-	t testing.TB, tmpl *x509.Certificate, ca *CA, pub crypto.PublicKey,
-) *x509.Certificate {
-	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
 }
 
 func mustECDSAKey(t testing.TB, curve elliptic.Curve) *ecdsa.PrivateKey {
