@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -204,46 +205,45 @@ func gatewayUsage(ctx context.Context, pid int, metricsURL, gcURL string) (*proc
 
 // get200 fetches url and discards the body; anything but 200 OK fails.
 func get200(ctx context.Context, url string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	// No kept-alive connection to the gateway for it to count.
-	tr := &http.Transport{DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return nil
+	_, err := fetch(ctx, url, 30*time.Second)
+	return err
 }
 
 // scrape reads the named unlabelled samples from the Prometheus text
 // exposition at url, in the order named.
 func scrape(ctx context.Context, url string, names ...string) ([]float64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	body, err := fetch(ctx, url, 5*time.Second)
+	if err != nil {
+		return make([]float64, len(names)), fmt.Errorf("scrape metrics: %w", err)
+	}
+	return parseMetrics(bytes.NewReader(body), names...)
+}
+
+// fetch GETs url within timeout and returns the body of a 200 OK. It uses
+// a transport of its own: the default one would keep a connection to the
+// gateway open, which the gateway would count.
+func fetch(ctx context.Context, url string, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return make([]float64, len(names)), err
+		return nil, err
 	}
-	// A transport of its own: the default one would keep a connection to
-	// the gateway open, which it would count.
 	tr := &http.Transport{DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return make([]float64, len(names)), fmt.Errorf("scrape metrics: %w", err)
+		return nil, err
 	}
 	defer resp.Body.Close()
-	return parseMetrics(resp.Body, names...)
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return body, nil
 }
 
 // parseMetrics returns the value of each named sample in r. It fails when
