@@ -84,9 +84,9 @@ func relay(ctx context.Context, client, upstream *net.TCPConn,
 	rawUp, err2 := upstream.SyscallConn()
 	if err1 == nil && err2 == nil {
 		t.dirs[0].raw, t.dirs[1].raw = rawClient, rawUp
-		for _, raw := range []syscall.RawConn{rawClient, rawUp} {
+		for i := range t.dirs {
 			// Urgent data in line, so that pastUrgentMark can read it.
-			raw.Control(func(fd uintptr) {
+			t.dirs[i].raw.Control(func(fd uintptr) {
 				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_OOBINLINE, 1)
 			})
 		}
@@ -129,7 +129,7 @@ const (
 type tunnelDir struct {
 	t        *tunnel
 	src, dst *net.TCPConn
-	raw      syscall.RawConn // src's, for the parker
+	raw      syscall.RawConn // src's, for the parker and pastUrgentMark
 	name     string
 	parkID   uint64 // the parker's name for it; 0 before its first park
 	state    dirState
